@@ -1,0 +1,89 @@
+"""The `qsim` command line: train, evaluate, calibrate, import, reindex and serve.
+
+Each subcommand imports what it needs when it runs, so `qsim --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from app import __version__
+
+Handler = Callable[[argparse.Namespace], int]
+_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
+
+
+def command(name: str, summary: str, configure: Callable[[argparse.ArgumentParser], None]):
+    def register(handler: Handler) -> Handler:
+        _COMMANDS[name] = (summary, configure, handler)
+        return handler
+
+    return register
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows an option's default when it has a meaningful one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in help_text:
+            help_text += " (default: %(default)s)"
+        return help_text
+
+
+class CommandError(Exception):
+    """A failure the user can fix; printed without a traceback, exit status 2."""
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+# Modules whose import registers their subcommands (each keeps heavy imports inside its handlers).
+COMMAND_MODULES = ("app.model.cli", "app.evaluation.cli", "app.questions.cli", "app.server")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module)
+    parser = argparse.ArgumentParser(
+        prog="qsim",
+        description="qsim: find the support questions already asked that mean the same as a new one.",
+    )
+    parser.add_argument("--version", action="version", version=f"qsim {__version__}")
+    parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (summary, configure, handler) in _COMMANDS.items():
+        p = sub.add_parser(name, help=summary, formatter_class=_HelpFormatter)
+        configure(p)
+        p.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from app.model.artifact import ArtifactError
+    from app.model.config import ConfigFileError
+    from app.model.data import CorpusError
+    from app.model.text import EmptyTextError
+
+    try:
+        return args.handler(args)
+    except (CommandError, ArtifactError, ConfigFileError, CorpusError, EmptyTextError, FileNotFoundError) as error:
+        print(f"qsim {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    # Run as a script, this module is __main__; commands register on the importable app.cli.
+    from app.cli import main as registered_main
+
+    sys.exit(registered_main())

@@ -1,0 +1,116 @@
+"""All runtime settings of qsim in one place, read from `QSIM_*` environment variables (and `.env`)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="QSIM_", env_file=".env", extra="ignore")
+
+    env: Literal["development", "test", "production"] = Field(
+        "development",
+        description="production refuses to start without an admin token and never fills an empty database",
+    )
+    log_level: str = "INFO"
+
+    # Storage
+    database_url: str = Field(
+        f"sqlite:///{PROJECT_ROOT / 'var' / 'qsim.db'}",
+        description="SQLAlchemy URL; SQLite file by default, postgresql+psycopg://... in docker-compose",
+    )
+    database_wait_seconds: float = Field(60.0, description="how long prestart waits for the database")
+    database_timeout_seconds: float = Field(2.0, description="connect/statement timeout, so an outage fails fast")
+
+    # Model and index
+    model_dir: Path = Field(PROJECT_ROOT / "models" / "default", description="the model served at first start")
+    models_root: Path = Field(
+        PROJECT_ROOT / "models", description="directory of the models a reindex may switch to, by name"
+    )
+    index_dir: Path = Field(PROJECT_ROOT / "var" / "index", description="where the index is saved between runs")
+    index_save_interval_seconds: float = Field(
+        60.0, description="save the index in the background this often when it changed (0: only at shutdown)"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where the FAISS index (and encoder) run; auto = GPU when FAISS sees one"
+    )
+    index_kind: Literal["exact", "ivf", "hnsw", "sq8"] = Field(
+        "exact", description="exact (default) answers the rule exactly; the others are approximate on purpose"
+    )
+    torch_threads: int = Field(
+        1,
+        ge=1,
+        description="torch intra-op threads while serving; the service gets its parallelism from batching, and "
+        "OpenMP threads that spin-wait on a busy machine make encoding an order of magnitude slower",
+    )
+    # Approximate index kinds only (SimilarityIndex keywords nlist, nprobe, hnsw_m, ef_search)
+    index_nlist: int | None = Field(
+        None, ge=1, description="ivf/sq8: inverted lists per large segment (default: about sqrt of its samples)"
+    )
+    index_nprobe: int = Field(16, ge=1, description="ivf/sq8: lists read per query sample; more = better recall, slower")
+    index_hnsw_m: int = Field(32, ge=2, description="hnsw: graph links per node; more = better recall, more memory")
+    index_ef_search: int = Field(128, ge=1, description="hnsw: candidates kept while searching; more = better recall")
+
+    # Embedded default corpus
+    seed_corpus: Path | None = PROJECT_ROOT / "data" / "banking77" / "train.csv"
+    seed_text_column: str = "text"
+    seed_metadata_columns: list[str] = Field(default_factory=lambda: ["category"])
+    seed_on_empty: bool = Field(True, description="fill an empty database with seed_corpus (never in production)")
+
+    # HTTP service
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    admin_token: SecretStr | None = None
+    cors_origins: list[str] = Field(default_factory=list, description="CORS is closed unless origins are listed")
+    max_body_bytes: int = 1_048_576
+    max_question_chars: int = 1000
+    max_batch_questions: int = Field(256, description="questions per POST /questions/similar/batch")
+    max_bulk_questions: int = Field(1000, description="questions per POST /questions/bulk")
+    max_limit: int = 100
+    search_timeout_seconds: float = Field(10.0, description="a queued search not answered by then gets 503")
+    shutdown_grace_seconds: float = Field(10.0, description="how long shutdown waits for a running reindex")
+    access_log: bool = Field(True, description="uvicorn access log lines")
+
+    # Search micro-batching and back-pressure
+    batch_max_size: int = 64
+    batch_max_wait_ms: float = 2.0
+    queue_max: int = 1024
+    retry_after_seconds: int = 1
+    sync_interval_ms: float = Field(
+        0.0, description="how stale the index may be w.r.t. writes made by other processes (0: check every search)"
+    )
+    sync_wait_seconds: float = Field(
+        2.0, description="how long a search waits for a catch-up already under way before answering from the index"
+    )
+    metrics_dir: Path = Field(
+        PROJECT_ROOT / "var" / "metrics", description="shared metrics files when several workers serve"
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_postgres_driver(cls, url: str) -> str:
+        # docker/ops people write postgresql://; we ship psycopg 3, not psycopg2.
+        if url.startswith("postgresql://"):
+            return "postgresql+psycopg://" + url[len("postgresql://") :]
+        if url.startswith("postgres://"):
+            return "postgresql+psycopg://" + url[len("postgres://") :]
+        return url
+
+    @model_validator(mode="after")
+    def _production_needs_token(self) -> Settings:
+        if self.env == "production" and not (self.admin_token and self.admin_token.get_secret_value()):
+            raise ValueError("QSIM_ADMIN_TOKEN must be set when QSIM_ENV=production")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,55 @@
+"""Prometheus metrics of one app instance (its own registry, so tests can build many apps).
+
+With several workers (`qsim serve --workers N`), PROMETHEUS_MULTIPROC_DIR is set before they start:
+each worker writes its values to files there and a scrape of any worker reports all of them
+(counters and histograms summed, gauges per worker process).
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "qsim_http_requests", "HTTP requests by route and status", ["method", "route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "qsim_http_request_duration_seconds", "HTTP request latency by route", ["method", "route"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        per_worker = {"multiprocess_mode": "liveall"}
+        self.index_questions = Gauge("qsim_index_questions", "questions in the live index", registry=r, **per_worker)
+        self.index_revision = Gauge(
+            "qsim_index_revision", "last database change applied to the index", registry=r, **per_worker
+        )
+        self.model_info = Gauge(
+            "qsim_model_info", "the model serving searches", ["name", "model_id"], registry=r, **per_worker
+        )
+        self.reindex_jobs = Counter("qsim_reindex_jobs", "finished reindex jobs by outcome", ["status"], registry=r)
+        self.search_batch_size = Histogram(
+            "qsim_search_batch_size", "questions answered together by the micro-batcher",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r,
+        )
+        self.search_queue_depth = Gauge(
+            "qsim_search_queue_depth", "searches waiting for the batcher", registry=r, multiprocess_mode="livesum"
+        )
+        self.overloaded = Counter(
+            "qsim_overloaded_requests", "requests refused with 503 because the search queue was full", registry=r
+        )
+
+    def exposition(self) -> bytes:
+        if os.environ.get(MULTIPROCESS_ENV):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)

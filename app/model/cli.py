@@ -1,0 +1,62 @@
+"""`qsim train`."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from app.cli import command
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Train the sequence VAE question encoder on a corpus and write a model artifact directory "
+        "(tokenizer, weights, config.json, metrics.json, MODEL_CARD.md)."
+    )
+    p.add_argument("--corpus", type=Path, required=True, help="CSV file with a header, or JSON lines (.jsonl)")
+    p.add_argument("--text-column", required=True, help="column (or JSON key) holding the question text")
+    p.add_argument(
+        "--label-column",
+        help="optional column of categories/intents; recorded with the data, and used by supervised objectives",
+    )
+    p.add_argument("--out", type=Path, required=True, help="artifact directory to write (created if missing)")
+    p.add_argument("--config", type=Path, help="JSON file of settings (tokenizer, architecture, training, sampling)")
+    p.add_argument("--epochs", type=int, help="number of epochs (overrides the config file)")
+    p.add_argument("--encoder", choices=("bilstm", "lstm", "gru", "bigru", "bow"), help="encoder (overrides config)")
+    p.add_argument("--latent", choices=("gaussian", "vmf"), help="latent distribution (overrides config)")
+    p.add_argument("--seed", type=int, default=13, help="random seed; training is deterministic per seed on CPU")
+    p.add_argument("--resume", action="store_true", help="continue from train_state.pt in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+
+
+@command("train", "train a model artifact on a question corpus", _train_args)
+def _train(args: argparse.Namespace) -> int:
+    from app.model.config import load_settings_file
+    from app.model.data import read_corpus
+    from app.model.train import Trainer
+
+    settings = load_settings_file(args.config)
+    if args.epochs is not None:
+        settings.training.epochs = args.epochs
+    if args.encoder:
+        settings.architecture.encoder = args.encoder
+    if args.latent:
+        settings.architecture.latent = args.latent
+    corpus = read_corpus(args.corpus, args.text_column, args.label_column)
+    result = Trainer(
+        corpus,
+        args.out,
+        settings,
+        seed=args.seed,
+        command=shlex.join(["qsim", *sys.argv[1:]]),
+        progress=not args.no_progress,
+        log=print,
+    ).run(resume=args.resume)
+    best = result.best
+    print(
+        f"best epoch {result.best_epoch}: reconstruction {best.val_reconstruction:.3f} KL {best.val_kl:.3f} "
+        f"active units {best.active_units} ({result.stopped}, {result.wall_seconds:.0f} s) -> {args.out}"
+    )
+    return 0

@@ -1,0 +1,105 @@
+"""Architecture, training and sampling settings of a model, as stored in the artifact's config.json.
+
+`qsim train --config FILE` reads a JSON file with any of the sections below; unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TokenizerConfig(_Strict):
+    vocab_size: int = Field(4000, ge=32, description="upper bound; small corpora get fewer pieces")
+    model_type: Literal["unigram", "bpe"] = "unigram"
+    max_tokens: int = Field(64, ge=4, le=1024, description="longer questions are truncated")
+
+
+class ArchitectureConfig(_Strict):
+    encoder: Literal["bilstm", "lstm", "gru", "bigru", "bow"] = "bilstm"
+    latent: Literal["gaussian", "vmf"] = "gaussian"
+    embedding_dim: int = Field(256, ge=8)
+    encoder_hidden: int = Field(256, ge=8)
+    encoder_layers: int = Field(1, ge=1, le=4)
+    pooling: Literal["last", "mean", "max", "meanmax"] = "mean"
+    feature_size: int = Field(256, ge=8)
+    latent_dim: int = Field(128, ge=2)
+    kappa: float = Field(100.0, gt=0, description="fixed vMF concentration")
+    decoder_hidden: int = Field(256, ge=8)
+    decoder_layers: int = Field(1, ge=1, le=4)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+
+
+class TrainingConfig(_Strict):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=2)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(5.0, gt=0)
+    beta: float = Field(1.0, ge=0, description="weight of the KL term once annealing is done")
+    kl_schedule: Literal["constant", "linear", "cyclical"] = "linear"
+    kl_warmup_epochs: float = Field(4.0, ge=0, description="linear: epochs to ramp beta from 0")
+    kl_cycles: int = Field(4, ge=1, description="cyclical: number of ramps over the training run")
+    kl_cycle_ratio: float = Field(0.5, gt=0, le=1, description="cyclical: share of each cycle spent ramping")
+    free_bits: float = Field(0.05, ge=0, description="nats per latent dimension the KL may keep for free")
+    word_dropout: float = Field(0.3, ge=0, lt=1, description="decoder inputs replaced by <unk>")
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    patience: int = Field(4, ge=1, description="epochs without a better validation loss before stopping")
+    collapse_kl: float = Field(0.01, ge=0, description="KL (nats per question) at or below which the latent has collapsed")
+    collapse_after_epochs: float = Field(
+        1.0, ge=0, description="collapse is checked once beta has been annealed for this many epochs"
+    )
+    active_unit_threshold: float = Field(0.01, gt=0)
+
+
+class SamplingConfig(_Strict):
+    samples: int = Field(5, ge=1, le=64, description="K: latent codes per question")
+    temperature: float = Field(1.0, ge=0, description="scale of the posterior noise when sampling codes")
+    precision: Literal["float64", "float32"] = Field(
+        "float64",
+        description="inference arithmetic; float64 makes a question's codes bitwise independent of the "
+        "batch it is encoded in (float32 BLAS results depend on batch shape), float32 is about 2x faster",
+    )
+
+
+class SearchDefaults(_Strict):
+    threshold: float = Field(0.25, ge=0, description="pair distance threshold t used when a request gives none")
+    min_pairs: int = Field(1, ge=1, description="pairs within t needed for a match (1 = any of K x K)")
+    calibration: dict | None = None
+
+
+class ModelSettings(_Strict):
+    """Everything `qsim train --config` accepts."""
+
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    architecture: ArchitectureConfig = ArchitectureConfig()
+    training: TrainingConfig = TrainingConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    search: SearchDefaults = SearchDefaults()
+
+
+class ConfigFileError(ValueError):
+    pass
+
+
+def load_settings_file(path: Path | None) -> ModelSettings:
+    if path is None:
+        return ModelSettings()
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigFileError(f"config file {path} does not exist") from None
+    except json.JSONDecodeError as error:
+        raise ConfigFileError(f"config file {path} is not valid JSON: {error}") from None
+    try:
+        return ModelSettings.model_validate(data)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise ConfigFileError(f"config file {path}: {problems}") from None

@@ -1,0 +1,153 @@
+"""Reading question corpora (CSV or JSON lines) for training, evaluation and import."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class CorpusError(ValueError):
+    """A corpus file that cannot be read as asked; the message names the file, row and column."""
+
+
+@dataclass
+class Corpus:
+    texts: list[str]
+    labels: list[str] | None = None
+    extra: dict[str, list[str | None]] = field(default_factory=dict)
+    sha256: str = ""
+    path: str = ""
+    text_column: str = ""
+    label_column: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """(1-based line/row number, record) pairs from a CSV file with a header or a JSON-lines file."""
+    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise CorpusError(f"{path}: line {number} is not valid JSON ({error.msg})") from None
+                if not isinstance(record, dict):
+                    raise CorpusError(f"{path}: line {number} is not a JSON object")
+                yield number, record
+    else:
+        with path.open(encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames:
+                raise CorpusError(f"{path}: no header row")
+            for number, record in enumerate(reader, start=2):
+                yield number, record
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_corpus(
+    path: Path | str,
+    text_column: str,
+    label_column: str | None = None,
+    extra_columns: tuple[str, ...] = (),
+) -> Corpus:
+    """Reads every row; a missing column or an empty text is an error naming the row."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"corpus file {path} does not exist")
+    texts: list[str] = []
+    labels: list[str] | None = [] if label_column else None
+    extra: dict[str, list[str | None]] = {column: [] for column in extra_columns}
+    try:
+        for number, record in _rows(path):
+            missing = [c for c in (text_column, label_column) if c and c not in record]
+            if missing:
+                raise CorpusError(
+                    f"{path}: row {number} has no column {missing[0]!r} (columns: {', '.join(map(str, record))})"
+                )
+            text = record[text_column]
+            if not isinstance(text, str) or not text.strip():
+                raise CorpusError(f"{path}: row {number} has an empty {text_column!r}")
+            texts.append(text)
+            if labels is not None:
+                labels.append(str(record[label_column]))
+            for column in extra_columns:
+                value = record.get(column)
+                extra[column].append(None if value in (None, "") else str(value))
+    except UnicodeDecodeError as error:
+        raise CorpusError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    if not texts:
+        raise CorpusError(f"{path}: no rows")
+    return Corpus(
+        texts, labels, extra, sha256=file_sha256(path), path=str(path), text_column=text_column, label_column=label_column
+    )
+
+
+@dataclass
+class PairsCorpus:
+    """Labelled question pairs: left[i] and right[i] are duplicates (mean the same) when duplicate[i]."""
+
+    left: list[str]
+    right: list[str]
+    duplicate: list[bool]
+    sha256: str = ""
+    path: str = ""
+    columns: tuple[str, str, str] = ("", "", "")
+
+    def __len__(self) -> int:
+        return len(self.left)
+
+
+_TRUE = {"1", "true", "yes"}
+_FALSE = {"0", "false", "no"}
+
+
+def read_pairs(path: Path | str, columns: tuple[str, str, str] | None = None) -> PairsCorpus:
+    """A CSV (with header) or JSON-lines file of two text columns and a 0/1 duplicate label.
+    `columns` names them (first text, second text, label); by default the file's first three."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"pairs file {path} does not exist")
+    left: list[str] = []
+    right: list[str] = []
+    duplicate: list[bool] = []
+    try:
+        for number, record in _rows(path):
+            if columns is None:
+                if len(record) < 3:
+                    raise CorpusError(f"{path}: needs two text columns and a 0/1 label; found {', '.join(map(str, record))}")
+                columns = tuple(list(record)[:3])
+            missing = [c for c in columns if c not in record]
+            if missing:
+                raise CorpusError(
+                    f"{path}: row {number} has no column {missing[0]!r} (columns: {', '.join(map(str, record))})"
+                )
+            first, second, label = (record[c] for c in columns)
+            for column, text in zip(columns[:2], (first, second), strict=True):
+                if not isinstance(text, str) or not text.strip():
+                    raise CorpusError(f"{path}: row {number} has an empty {column!r}")
+            flag = str(label).strip().lower()
+            if flag not in _TRUE | _FALSE:
+                raise CorpusError(f"{path}: row {number} has {columns[2]!r} = {label!r}; expected 0 or 1")
+            left.append(first)
+            right.append(second)
+            duplicate.append(flag in _TRUE)
+    except UnicodeDecodeError as error:
+        raise CorpusError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    if not left:
+        raise CorpusError(f"{path}: no rows")
+    return PairsCorpus(left, right, duplicate, sha256=file_sha256(path), path=str(path), columns=columns)

@@ -1,0 +1,50 @@
+import pytest
+
+from app.model.text import EmptyTextError, normalize
+from app.model.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_corpus_rows) -> Tokenizer:
+    return Tokenizer.train([r["text"] for r in tiny_corpus_rows], vocab_size=300, max_tokens=8)
+
+
+def test_normalisation_folds_case_unicode_and_whitespace():
+    assert normalize("  Where is   MY\tcard?\n") == "where is my card?"
+    assert normalize("ﬁnance ＡＢＣ") == "finance abc"  # NFKC ligature and full-width letters
+    assert normalize("STRASSE") == normalize("straße")  # case folding, not just lower()
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t "])
+def test_empty_or_whitespace_text_is_a_clear_error(tokenizer, text):
+    with pytest.raises(EmptyTextError, match="empty or whitespace"):
+        tokenizer.encode([text])
+
+
+def test_round_trip_gives_back_the_normalised_text(tiny_corpus_rows):
+    texts = [r["text"] for r in tiny_corpus_rows]
+    roomy = Tokenizer.train(texts, vocab_size=300, max_tokens=256)
+    for text, ids in zip(texts, roomy.encode(texts), strict=True):
+        assert roomy.decode(ids) == normalize(text)
+
+
+def test_training_and_query_time_normalise_the_same_way(tokenizer):
+    assert tokenizer.encode(["Where is MY card?"]) == tokenizer.encode(["where   is my card?"])
+
+
+def test_over_long_text_is_truncated_to_max_tokens(tokenizer):
+    ids = tokenizer.encode(["card " * 100])[0]
+    assert len(ids) == tokenizer.max_tokens == 8
+
+
+def test_training_is_deterministic_and_saves_to_bytes(tokenizer, tiny_corpus_rows, tmp_path):
+    again = Tokenizer.train([r["text"] for r in tiny_corpus_rows], vocab_size=300, max_tokens=8)
+    assert again.model_proto == tokenizer.model_proto
+    tokenizer.save(tmp_path / "tok.model")
+    loaded = Tokenizer.load(tmp_path / "tok.model", max_tokens=8)
+    assert loaded.encode(["my card is lost"]) == tokenizer.encode(["my card is lost"])
+
+
+def test_bpe_is_selectable(tiny_corpus_rows):
+    bpe = Tokenizer.train([r["text"] for r in tiny_corpus_rows], vocab_size=200, model_type="bpe")
+    assert 0 < bpe.vocab_size <= 200

@@ -1,0 +1,117 @@
+"""`Trainer`: determinism, resume, KL annealing, collapse detection, early stopping."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from app.model.config import ModelSettings, TrainingConfig
+from app.model.data import read_corpus
+from app.model.train import CollapseWarning, Trainer, beta_at, count_active_units
+
+
+def quiet(_):
+    pass
+
+
+def train(corpus_file, out, settings, seed=3, **kwargs):
+    corpus = read_corpus(corpus_file, "text", "category")
+    return Trainer(corpus, out, settings, seed=seed, progress=False, log=quiet).run(**kwargs)
+
+
+def settings_with(tiny_settings, **training) -> ModelSettings:
+    settings = tiny_settings.model_copy(deep=True)
+    for key, value in training.items():
+        setattr(settings.training, key, value)
+    return settings
+
+
+def last_state(out):
+    return torch.load(out / "train_state.pt", weights_only=True)["model"]
+
+
+def test_same_seed_same_model(tiny_corpus_file, tiny_settings, tmp_path):
+    settings = settings_with(tiny_settings, epochs=2)
+    train(tiny_corpus_file, tmp_path / "a", settings)
+    train(tiny_corpus_file, tmp_path / "b", settings)
+    config_a = json.loads((tmp_path / "a" / "config.json").read_text())
+    config_b = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert config_a["model_id"] == config_b["model_id"]
+    train(tiny_corpus_file, tmp_path / "c", settings, seed=4)
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["model_id"] != config_a["model_id"]
+
+
+def test_resumed_training_ends_where_uninterrupted_training_ends(tiny_corpus_file, tiny_settings, tmp_path):
+    full = train(tiny_corpus_file, tmp_path / "full", settings_with(tiny_settings, epochs=3))
+    train(tiny_corpus_file, tmp_path / "split", settings_with(tiny_settings, epochs=2))
+    resumed = train(tiny_corpus_file, tmp_path / "split", settings_with(tiny_settings, epochs=3), resume=True)
+    assert [m.val_loss for m in resumed.epochs] == [m.val_loss for m in full.epochs]
+    for name, tensor in last_state(tmp_path / "full").items():
+        assert torch.equal(tensor, last_state(tmp_path / "split")[name]), name
+
+
+def test_resume_refuses_other_data(tiny_corpus_file, tiny_settings, tmp_path):
+    from app.model.artifact import ArtifactError
+
+    train(tiny_corpus_file, tmp_path / "m", settings_with(tiny_settings, epochs=1))
+    other = tmp_path / "other.csv"
+    other.write_text(tiny_corpus_file.read_text() + "one more question,card_arrival\n")
+    with pytest.raises(ArtifactError, match="different data"):
+        train(other, tmp_path / "m", settings_with(tiny_settings, epochs=2), resume=True)
+
+
+def test_metrics_log_each_epoch_with_kl_and_active_units(tiny_model_dir, tiny_settings):
+    metrics = json.loads((tiny_model_dir / "metrics.json").read_text())
+    assert len(metrics["epochs"]) == tiny_settings.training.epochs
+    assert metrics["stopped"] == "completed"
+    assert metrics["epochs"][-1]["active_units"] > tiny_settings.architecture.latent_dim // 2
+    for epoch in metrics["epochs"]:
+        assert epoch["val_kl"] > 0
+        assert 0 <= epoch["active_units"] <= tiny_settings.architecture.latent_dim
+    assert metrics["epochs"][-1]["val_reconstruction"] < metrics["epochs"][0]["val_reconstruction"]
+
+
+def test_collapse_is_detected_reported_and_stops_training(tiny_corpus_file, tiny_settings, tmp_path):
+    settings = settings_with(
+        tiny_settings, epochs=8, beta=40.0, free_bits=0.0, kl_schedule="constant",
+        collapse_after_epochs=0.0, collapse_kl=0.05, patience=20,
+    )
+    with pytest.warns(CollapseWarning, match="posterior collapse"):
+        result = train(tiny_corpus_file, tmp_path / "collapsed", settings)
+    assert result.stopped == "collapse"
+    assert len(result.epochs) < 8
+    assert json.loads((tmp_path / "collapsed" / "metrics.json").read_text())["stopped"] == "collapse"
+
+
+def test_free_bits_keep_the_kl_away_from_zero_under_the_same_pressure(tiny_corpus_file, tiny_settings, tmp_path):
+    settings = settings_with(
+        tiny_settings, epochs=3, beta=40.0, free_bits=0.5, kl_schedule="constant", collapse_after_epochs=0.0,
+    )
+    with pytest.warns(CollapseWarning):  # the free nats go to variance, not to means that vary
+        result = train(tiny_corpus_file, tmp_path / "free_bits", settings)
+    assert result.epochs[-1].val_kl > 1.0  # while the same pressure without free bits drives it to ~0
+
+
+def test_training_stops_early_when_validation_loss_stops_improving(tiny_corpus_file, tiny_settings, tmp_path):
+    settings = settings_with(tiny_settings, epochs=60, patience=1, learning_rate=0.03)
+    result = train(tiny_corpus_file, tmp_path / "early", settings)
+    assert result.stopped == "early_stopping"
+    assert len(result.epochs) < 60
+    assert result.best_epoch == min(result.epochs, key=lambda m: m.val_loss).epoch
+
+
+def test_linear_annealing_ramps_then_holds():
+    cfg = TrainingConfig(kl_schedule="linear", kl_warmup_epochs=4, beta=0.5)
+    assert [beta_at(e, 10, cfg) for e in (0, 1, 2, 4, 9)] == [0.0, 0.125, 0.25, 0.5, 0.5]
+
+
+def test_cyclical_annealing_restarts_each_cycle():
+    cfg = TrainingConfig(kl_schedule="cyclical", kl_cycles=2, kl_cycle_ratio=0.5, beta=1.0)
+    assert [beta_at(e, 8, cfg) for e in (0, 1, 2, 3, 4, 5, 6)] == [0.0, 0.5, 1.0, 1.0, 0.0, 0.5, 1.0]
+
+
+def test_active_units_count_dimensions_whose_means_vary():
+    rng = np.random.default_rng(0)
+    means = np.concatenate([rng.normal(0, 1, (500, 3)), rng.normal(0, 0.01, (500, 5))], axis=1)
+    assert count_active_units(means, 0.01) == 3
