@@ -1,0 +1,554 @@
+"""SimilarityIndex: the stored questions' codes, searched by the any-of-K x Kq pairs rule.
+
+Concurrency: one writer, many readers. The index's state is an immutable `Snapshot` (segment views
+and the revision) held in one attribute; a write builds the next snapshot and publishes it with a
+single reference assignment, so a search works on whichever snapshot it picked up, entirely, never
+waits for a write and never sees half of one. A write only builds a segment for its own upserts
+and copies the live masks (one byte per question) of segments it deletes from: it costs the size of
+the write, not of the collection. Segments are merged by a tiered policy, in a background thread by
+default; a merge publishes its result the same way and re-applies deletions that happened meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from app.search.accelerator import GPU_MAX_K, CpuFlatKnn, GpuAccelerator, resolve_device
+from app.search.approximate import KINDS, ApproximateIndex, ApproximateSpec
+from app.search.bounds import MAX_ABS_CODE, FloatErrorModel, SearchGeometry
+from app.search.engine import Rule, collect
+from app.search.merging import MergePolicy
+from app.search.partition import Partition, PartitionPlan
+from app.search.reference import METRICS, Match
+from app.search.segment import Segment, SegmentView
+from app.search.sources import (
+    ApproximateSource,
+    BlockSource,
+    CandidateSource,
+    KnnSource,
+    PreparedQuery,
+    ScannedSource,
+    dense_question_bounds,
+)
+from app.search.storage import index_exists as _index_exists
+from app.search.storage import read_index, write_index
+
+log = logging.getLogger(__name__)
+
+STRATEGIES: tuple[str, ...] = ("auto", "blocks", "knn")
+# Batched exact searches: queries per GEMM scan, and when a segment is scanned densely.
+DENSE_BATCH_QUERIES = 16
+DENSE_MIN_QUERIES = 8
+DENSE_MIN_QUESTIONS = 4096
+DENSE_MIN_READ_FRACTION = 0.5
+# Queries whose first k-NN round shares one GPU call.
+GPU_BATCH_QUERIES = 256
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one search sees: segment views (largest first) and the revision of that state."""
+
+    views: tuple[SegmentView, ...]
+    revision: int | None
+
+    @property
+    def count(self) -> int:
+        return sum(view.live_count for view in self.views)
+
+
+class SimilarityIndex:
+    """Stored questions (integer ids, K codes of dimension `dim` each) searched by the pairs rule.
+
+    kind: 'exact' (default; results equal `reference.brute_force_search`) or an approximate
+    candidate structure ('ivf', 'hnsw', 'sq8': returned distances and counts are exact, recall may
+    be below 1). device: 'auto' (GPU when FAISS sees one), 'cpu' or 'cuda'.
+
+    Tuning (keyword-only): strategy 'auto' | 'blocks' | 'knn' (how exact candidates are found:
+    'auto' is ball-partition blocks on CPU and k-NN on GPU; 'knn' on CPU runs the GPU strategy, with
+    `knn_max_k` as its k limit, for tests); block_questions / cluster_min_questions (partition);
+    nlist, nprobe, hnsw_m, ef_construction, ef_search, approximate_min_questions (approximate kinds);
+    merge_factor, merge_floor_questions and background_merges (segment merging, see merging.py).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        samples_per_item: int,
+        metric: str = "l2",
+        kind: str = "exact",
+        device: str = "auto",
+        model_id: str = "",
+        *,
+        strategy: str = "auto",
+        knn_max_k: int | None = None,
+        block_questions: int = 48,
+        cluster_min_questions: int = 4096,
+        nlist: int | None = None,
+        nprobe: int = 16,
+        hnsw_m: int = 32,
+        ef_construction: int = 64,
+        ef_search: int = 128,
+        approximate_min_questions: int = 20_000,
+        merge_factor: int = 8,
+        merge_floor_questions: int = 1024,
+        background_merges: bool = True,
+    ):
+        self.dim = _positive_int("dim", dim)
+        self.samples_per_item = _positive_int("samples_per_item", samples_per_item)
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+        if kind not in KINDS:
+            raise ValueError(f"unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        if not isinstance(model_id, str) or not model_id or any(c.isspace() for c in model_id):
+            raise ValueError(f"model_id must be a non-empty string without spaces, got {model_id!r}")
+        self.metric = metric
+        self.kind = kind
+        self.model_id = model_id
+        self.device = resolve_device(device)
+        self._geometry = SearchGeometry(metric)
+        self._errors = FloatErrorModel(self.dim)
+        self._plan = PartitionPlan(block_questions=block_questions, cluster_min_questions=cluster_min_questions)
+        self._approximate = None
+        if kind != "exact":
+            self._approximate = ApproximateSpec(
+                kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_construction=ef_construction,
+                ef_search=ef_search, min_questions=approximate_min_questions,
+            )
+        self._accelerator = GpuAccelerator() if self.device == "cuda" else None
+        self.strategy = ("knn" if self._accelerator else "blocks") if strategy == "auto" else strategy
+        if knn_max_k is not None and (self.strategy != "knn" or self._accelerator is not None):
+            raise ValueError("knn_max_k only applies to strategy 'knn' on the CPU (the GPU limit is fixed by FAISS)")
+        # The k limit of the CPU twin of the GPU strategy (tests set it tiny to force the fallback).
+        self._cpu_knn_max_k = _positive_int("knn_max_k", knn_max_k if knn_max_k is not None else GPU_MAX_K)
+        self._merge_policy = MergePolicy(factor=merge_factor, floor_questions=merge_floor_questions)
+        self._background_merges = bool(background_merges)
+        self._write_lock = threading.RLock()
+        self._save_lock = threading.Lock()
+        self._merge_thread: threading.Thread | None = None
+        self.merge_error: BaseException | None = None
+        self._snapshot = Snapshot((), None)
+
+    # ---------------------------------------------------------------------------------- reading
+
+    def __len__(self) -> int:
+        return self._snapshot.count
+
+    def __contains__(self, question_id: object) -> bool:
+        if not isinstance(question_id, numbers.Integral) or isinstance(question_id, bool):
+            return False
+        wanted = np.array([int(question_id)], dtype=np.int64)
+        for view in self._snapshot.views:
+            found, rows = view.segment.rows_of(wanted)
+            if found[0] and view.live[rows[0]]:
+                return True
+        return False
+
+    @property
+    def revision(self) -> int | None:
+        return self._snapshot.revision
+
+    @property
+    def segment_count(self) -> int:
+        return len(self._snapshot.views)
+
+    def ids(self) -> np.ndarray:
+        """All stored ids, ascending. (n,) int64."""
+        views = self._snapshot.views
+        if not views:
+            return np.empty(0, dtype=np.int64)
+        return np.sort(np.concatenate([view.live_ids() for view in views]))
+
+    def get_codes(self, ids) -> np.ndarray:
+        """ids (m,) -> their codes (m, K, D) float32; KeyError naming ids that are not stored."""
+        wanted = _as_ids("ids", ids)
+        snapshot = self._snapshot
+        out = np.empty((len(wanted), self.samples_per_item, self.dim), dtype=np.float32)
+        found_any = np.zeros(len(wanted), dtype=bool)
+        for view in snapshot.views:
+            found, rows = view.segment.rows_of(wanted)
+            live = view.live[rows]
+            positions = np.flatnonzero(found)[live]
+            out[positions] = view.segment.codes[rows[live]]
+            found_any[positions] = True
+        if not found_any.all():
+            missing = wanted[~found_any]
+            raise KeyError(f"{len(missing)} id(s) not in the index, e.g. {missing[:5].tolist()}")
+        return out
+
+    def memory_bytes(self) -> int:
+        """Host memory held by the current snapshot's arrays and FAISS structures."""
+        return sum(view.segment.nbytes() + view.live.nbytes for view in self._snapshot.views)
+
+    def search(self, queries, *, threshold: float, min_pairs: int = 1, limit: int = 10) -> list[list[Match]]:
+        """queries (nq, Kq, D) -> one ordered list of matches per query (see reference.py for the rule).
+
+        threshold may be math.inf (every question qualifies: the `limit` nearest by closest pair)."""
+        codes = _as_codes("queries", queries, self.dim, None)
+        threshold = _as_threshold(threshold)
+        min_pairs = _non_negative_int("min_pairs", min_pairs)
+        limit = _non_negative_int("limit", limit)
+        snapshot = self._snapshot
+        nq, kq = codes.shape[:2]
+        rule = Rule(self.metric, threshold, min_pairs, limit)
+        if limit == 0 or not snapshot.views or min_pairs > kq * self.samples_per_item:
+            return [[] for _ in range(nq)]
+        prepared = [PreparedQuery.prepare(codes[i], self._geometry) for i in range(nq)]
+        results = []
+        chunk_size = GPU_BATCH_QUERIES if self._accelerator is not None else DENSE_BATCH_QUERIES
+        for start in range(0, nq, chunk_size):
+            chunk = prepared[start : start + chunk_size]
+            first_rounds = self._batched_first_rounds(snapshot, chunk, rule)
+            dense = self._dense_bounds(snapshot, chunk)
+            for i, query in enumerate(chunk):
+                best: list[Match] = []
+                for view in snapshot.views:
+                    name = view.segment.name
+                    if name in dense:
+                        source = ScannedSource(dense[name][i])
+                    else:
+                        first = first_rounds.get(name)
+                        source = self._source(view.segment, query, rule, first[i] if first else None)
+                    best = collect(view, query, rule, source, best)
+                results.append(best)
+        return results
+
+    def _dense_bounds(self, snapshot: Snapshot, chunk: list[PreparedQuery]) -> dict[str, np.ndarray]:
+        """For a batch, segments the ball partition cannot prune are scanned once for all queries by
+        GEMM (4x the arithmetic rate of per-query SIMD scans here) instead of block by block."""
+        if self.strategy != "blocks" or len(chunk) < DENSE_MIN_QUERIES:
+            return {}
+        dense = {}
+        for view in snapshot.views:
+            segment = view.segment
+            if segment.approximate is not None or segment.size < DENSE_MIN_QUESTIONS:
+                continue
+            if self._unavoidable_share(segment, chunk) >= DENSE_MIN_READ_FRACTION:
+                dense[segment.name] = dense_question_bounds(segment, chunk, self._geometry, self._errors)
+        return dense
+
+    def _unavoidable_share(self, segment: Segment, chunk: list[PreparedQuery]) -> float:
+        """The mean share of the segment's questions that a query must read whatever its threshold
+        and limit: those in blocks whose ball it lies inside (bound 0). Noise-dominated codes put a
+        query inside nearly every ball; well-separated codes inside a handful."""
+        partition = segment.partition
+        sizes = np.diff(partition.offsets)
+        shares = []
+        for query in chunk:
+            distances = partition.block_lower_bounds(query.search, query.norms, self._errors, 0.0)
+            shares.append(sizes[distances.min(axis=0) <= 0.0].sum() / segment.size)
+        return float(np.mean(shares))
+
+    def _first_k(self, rule: Rule, max_k: int) -> int:
+        return min(max_k, max(256, 4 * rule.limit * self.samples_per_item))
+
+    def _batched_first_rounds(self, snapshot: Snapshot, prepared: list[PreparedQuery], rule: Rule) -> dict:
+        """On the GPU, the first k-NN round of all queries of a batch runs as one call per segment."""
+        if self._accelerator is None or len(prepared) < 2:
+            return {}
+        stacked = np.concatenate([q.search for q in prepared])
+        rounds = {}
+        for view in snapshot.views:
+            segment = view.segment
+            if segment.approximate is not None or segment.accelerator is None:
+                continue
+            k = min(self._first_k(rule, segment.accelerator.max_k), segment.flat_vectors.shape[0])
+            squared, labels = segment.accelerator.knn(stacked, k)
+            bounds = np.cumsum([0] + [len(q.search) for q in prepared])
+            rounds[segment.name] = [
+                (squared[bounds[i] : bounds[i + 1]], labels[bounds[i] : bounds[i + 1]]) for i in range(len(prepared))
+            ]
+        return rounds
+
+    def _source(self, segment: Segment, query: PreparedQuery, rule: Rule, first_round) -> CandidateSource:
+        if segment.approximate is not None:
+            if rule.everything_qualifies:
+                squared_radius = math.inf
+            else:
+                radius = self._geometry.search_radius(rule.threshold)
+                slack = float(self._errors.squared_slack(query.norms, segment.max_norm).max())
+                squared_radius = radius * radius + slack
+            return ApproximateSource(segment, query, squared_radius, max(64, 4 * rule.limit * self.samples_per_item))
+        if self.strategy == "knn":
+            backend = segment.accelerator or CpuFlatKnn(segment.flat_vectors, self._cpu_knn_max_k, self._errors)
+            first_k = self._first_k(rule, backend.max_k)
+            return KnnSource(segment, query, self._geometry, backend, first_k, self._errors, first_round)
+        return BlockSource(segment, query, self._geometry, self._errors)
+
+    # ---------------------------------------------------------------------------------- writing
+
+    def apply(self, upsert_ids=None, upsert_codes=None, remove_ids=None, revision: int | None = None) -> None:
+        """One atomic write: readers see all of it or none of it.
+
+        upsert_ids (n,) int64 with upsert_codes (n, K, D): add these questions, replacing all K codes
+        of ids already stored. remove_ids (m,): delete these (unknown ids are ignored). revision: an
+        opaque integer checkpoint stored with the data (None keeps the current one)."""
+        self._apply(upsert_ids, upsert_codes, remove_ids, revision)
+
+    def add(self, ids, codes, revision: int | None = None) -> None:
+        """Insert or replace questions (same as apply with upserts only)."""
+        self._apply(ids, codes, None, revision)
+
+    def remove(self, ids, revision: int | None = None) -> int:
+        """Delete questions; returns how many of `ids` were stored."""
+        return self._apply(None, None, ids, revision)
+
+    def _apply(self, upsert_ids, upsert_codes, remove_ids, revision) -> int:
+        upserts, codes, removals = self._validate_write(upsert_ids, upsert_codes, remove_ids)
+        if revision is not None:
+            revision = _revision(revision)
+        # Writers are serialised for the whole write, building included, so that writes (and their
+        # revisions) take effect in the order they were made.
+        with self._write_lock:
+            current = self._snapshot
+            views = []
+            if len(upserts):
+                segment = Segment.build(upserts, codes, self._geometry, self._errors, self._plan, self._approximate)
+                if self._accelerator is not None:
+                    self._accelerator.attach(segment, flat=self.strategy == "knn")
+                views.append(SegmentView.all_live(segment))
+            touched = np.concatenate([removals, upserts])
+            removed = 0
+            for view in current.views:
+                found, rows = view.segment.rows_of(touched)
+                live = view.live[rows]
+                removed += int((live & (np.flatnonzero(found) < len(removals))).sum())
+                if live.any():
+                    view = view.without_rows(rows[live])
+                if view.live_count:
+                    views.append(view)
+            self._publish(views, revision if revision is not None else current.revision)
+            self._schedule_merges()
+        return removed
+
+    def _validate_write(self, upsert_ids, upsert_codes, remove_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if (upsert_ids is None) != (upsert_codes is None):
+            raise ValueError("upsert_ids and upsert_codes go together: give both or neither")
+        upserts = _as_ids("upsert_ids", upsert_ids) if upsert_ids is not None else np.empty(0, dtype=np.int64)
+        removals = _as_ids("remove_ids", remove_ids) if remove_ids is not None else np.empty(0, dtype=np.int64)
+        codes = None
+        if upsert_codes is not None:
+            codes = _as_codes("upsert_codes", upsert_codes, self.dim, self.samples_per_item)
+            if len(codes) != len(upserts):
+                raise ValueError(f"{len(upserts)} upsert_ids but {len(codes)} rows of upsert_codes")
+        for name, ids in (("upsert_ids", upserts), ("remove_ids", removals)):
+            values, counts = np.unique(ids, return_counts=True)
+            if (counts > 1).any():
+                raise ValueError(f"{name} repeats ids {values[counts > 1][:5].tolist()} (one entry per id per call)")
+        both = np.intersect1d(upserts, removals)
+        if len(both):
+            raise ValueError(f"ids {both[:5].tolist()} are both upserted and removed in one call")
+        return upserts, codes, removals
+
+    def _publish(self, views: list[SegmentView], revision: int | None) -> None:
+        views.sort(key=lambda view: -view.live_count)
+        self._snapshot = Snapshot(tuple(views), revision)
+
+    # ---------------------------------------------------------------------------------- merging
+
+    def _schedule_merges(self) -> None:
+        """Called with the write lock held."""
+        if self._merge_policy.pick(self._snapshot.views) is None:
+            return
+        if not self._background_merges:
+            self._merge_until_settled()
+        elif self._merge_thread is None:
+            self._merge_thread = threading.Thread(target=self._merge_in_background, name="qsim-index-merge", daemon=True)
+            self._merge_thread.start()
+
+    def _merge_in_background(self) -> None:
+        try:
+            self._merge_until_settled()
+        except BaseException as error:  # a failed merge leaves more segments, never a wrong index
+            self.merge_error = error
+            log.exception("index segment merge failed; the index stays correct with more segments")
+        finally:
+            with self._write_lock:
+                self._merge_thread = None
+                # Writes that arrived while this thread was finishing may have made new work.
+                if self.merge_error is None and self._merge_policy.pick(self._snapshot.views) is not None:
+                    self._schedule_merges()
+
+    def _merge_until_settled(self) -> None:
+        while True:
+            with self._write_lock:
+                task = self._merge_policy.pick(self._snapshot.views)
+            if task is None:
+                return
+            self._merge(task)
+
+    def _merge(self, task: tuple[SegmentView, ...]) -> None:
+        ids = np.concatenate([view.live_ids() for view in task])
+        codes = np.concatenate([view.segment.codes[view.live] for view in task])
+        merged = Segment.build(ids, codes, self._geometry, self._errors, self._plan, self._approximate)
+        if self._accelerator is not None:
+            self._accelerator.attach(merged, flat=self.strategy == "knn")
+        with self._write_lock:
+            current = {view.segment: view for view in self._snapshot.views}
+            died = []
+            for old in task:
+                now = current.get(old.segment)
+                if now is None:
+                    died.append(old.live_ids())
+                elif now.live is not old.live:
+                    died.append(old.segment.ids[old.live & ~now.live])
+            view = SegmentView.all_live(merged)
+            if died:
+                _, rows = merged.rows_of(np.concatenate(died))
+                view = view.without_rows(rows)
+            merged_away = {old.segment for old in task}
+            views = [v for v in self._snapshot.views if v.segment not in merged_away]
+            if view.live_count:
+                views.append(view)
+            self._publish(views, self._snapshot.revision)
+
+    def wait_for_merges(self, timeout: float | None = None) -> bool:
+        """Wait until no background merge is running (a finishing merge may start the next one);
+        True if none is, False if `timeout` seconds passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (thread := self._merge_thread) is not None:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            thread.join(remaining)
+        return True
+
+    # ------------------------------------------------------------------------------ persistence
+
+    def save(self, directory: Path) -> Path:
+        """Write the current snapshot to `directory` atomically (see storage.py); returns its folder."""
+        with self._save_lock:
+            snapshot = self._snapshot
+            header = {
+                "model_id": self.model_id,
+                "dim": self.dim,
+                "samples_per_item": self.samples_per_item,
+                "metric": self.metric,
+                "kind": self.kind,
+                "count": snapshot.count,
+                "revision": snapshot.revision,
+            }
+            return write_index(Path(directory), header, [(view.segment, view.live) for view in snapshot.views])
+
+    @staticmethod
+    def exists(directory: Path) -> bool:
+        return _index_exists(Path(directory))
+
+    @classmethod
+    def load(
+        cls,
+        directory: Path,
+        *,
+        expected_model_id: str | None = None,
+        expected_dim: int | None = None,
+        expected_samples: int | None = None,
+        expected_metric: str | None = None,
+        expected_kind: str | None = None,
+        device: str = "auto",
+        **options,
+    ) -> SimilarityIndex:
+        """Load and verify an index saved by `save`; IndexFileError says what is wrong otherwise.
+        `options` are the tuning keywords of the constructor."""
+        stored = read_index(Path(directory), {
+            "model_id": expected_model_id,
+            "dim": expected_dim,
+            "samples_per_item": expected_samples,
+            "metric": expected_metric,
+            "kind": expected_kind,
+        })
+        header = stored.header
+        index = cls(
+            header["dim"], header["samples_per_item"], header["metric"], header["kind"], device,
+            header["model_id"], **options,
+        )
+        views = []
+        for part in stored.segments:
+            partition = Partition.from_arrays(part.partition)
+            vectors = index._geometry.to_search_space(part.codes)
+            approximate = None
+            if part.approximate is not None:
+                approximate = ApproximateIndex.deserialize(index._approximate, part.approximate)
+            segment = Segment(part.ids, part.codes, vectors, partition, approximate, name=part.name)
+            if index._accelerator is not None:
+                index._accelerator.attach(segment, flat=index.strategy == "knn")
+            if part.live.any():
+                views.append(SegmentView(segment, part.live))
+        index._publish(views, header["revision"])
+        return index
+
+
+# ------------------------------------------------------------------------------------- validation
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _non_negative_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def _revision(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not -(2**63) <= value < 2**63:
+        raise ValueError(f"revision must be a 64-bit integer or None, got {value!r}")
+    return int(value)
+
+
+def _as_threshold(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"threshold must be a number, got {value!r}")
+    value = float(value)
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"threshold must be a non-negative distance (or math.inf), got {value}")
+    return value
+
+
+def _as_ids(name: str, ids) -> np.ndarray:
+    array = np.asarray(ids)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of integer ids, got shape {array.shape}")
+    if array.size == 0:
+        return np.empty(0, dtype=np.int64)
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{name} must hold integers, got dtype {array.dtype}")
+    if array.dtype == np.uint64 and int(array.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} holds ids above the int64 range")
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def _as_codes(name: str, codes, dim: int, samples: int | None) -> np.ndarray:
+    """-> (n, K, D) float32 C-contiguous, finite and within MAX_ABS_CODE; K checked when given."""
+    array = np.asarray(codes)
+    if array.ndim != 3:
+        raise ValueError(f"{name} must be a 3-D array (items, samples, dim), got shape {array.shape}")
+    if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise ValueError(f"{name} must hold real numbers, got dtype {array.dtype}")
+    if array.shape[2] != dim:
+        raise ValueError(f"{name} has dimension {array.shape[2]}, the index has dimension {dim}")
+    if samples is not None and array.shape[1] != samples:
+        raise ValueError(f"{name} has {array.shape[1]} samples per question, the index stores {samples}")
+    if array.shape[1] < 1:
+        raise ValueError(f"{name} needs at least one sample per item")
+    with np.errstate(over="ignore"):
+        array = np.ascontiguousarray(array, dtype=np.float32)
+    bad = ~np.isfinite(array).all(axis=(1, 2)) | (np.abs(array) > MAX_ABS_CODE).any(axis=(1, 2))
+    if bad.any():
+        raise ValueError(
+            f"{name} item {int(np.flatnonzero(bad)[0])} has codes that are NaN, infinite or beyond "
+            f"{MAX_ABS_CODE:g} in absolute value (after conversion to float32)"
+        )
+    return array

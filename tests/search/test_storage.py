@@ -1,0 +1,181 @@
+"""Saving and loading: a saved index comes back identical; a damaged, truncated, mismatched or
+missing one is refused with an error that says what is wrong; an interrupted save never costs the
+previous snapshot."""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.search import IndexFileError, SimilarityIndex
+
+MODEL = "0123456789abcdef"
+
+
+@pytest.fixture
+def saved(tmp_path):
+    rng = np.random.default_rng(11)
+    index = SimilarityIndex(6, 3, "cosine", model_id=MODEL, device="cpu", cluster_min_questions=50)
+    index.add(np.arange(200), rng.standard_normal((200, 3, 6)).astype(np.float32), revision=41)
+    index.add(np.arange(200, 230), rng.standard_normal((30, 3, 6)).astype(np.float32), revision=42)
+    index.remove(np.array([3, 4, 210]))
+    directory = tmp_path / "index"
+    index.save(directory)
+    return index, directory
+
+
+def snapshot_of(directory: Path) -> Path:
+    return directory / (directory / "CURRENT").read_text().strip()
+
+
+def a_codes_file(directory: Path) -> Path:
+    return next(snapshot_of(directory).glob("*.codes.npy"))
+
+
+def test_a_saved_index_loads_back_identical(saved):
+    index, directory = saved
+    assert SimilarityIndex.exists(directory)
+    loaded = SimilarityIndex.load(directory, expected_model_id=MODEL, expected_dim=6, expected_samples=3,
+                                  expected_metric="cosine", device="cpu")
+    assert (loaded.model_id, loaded.metric, loaded.kind, loaded.revision) == (MODEL, "cosine", "exact", 42)
+    assert np.array_equal(loaded.ids(), index.ids())
+    assert np.array_equal(loaded.get_codes(index.ids()), index.get_codes(index.ids()))
+    queries = np.random.default_rng(0).standard_normal((4, 3, 6)).astype(np.float32)
+    for threshold in (0.2, math.inf):
+        assert loaded.search(queries, threshold=threshold) == index.search(queries, threshold=threshold)
+    manifest = json.loads((snapshot_of(directory) / "manifest.json").read_text())
+    assert manifest["count"] == 227 and manifest["format_version"] == 1 and manifest["created_at"]
+
+
+@pytest.mark.parametrize(
+    ("expectation", "message"),
+    [
+        ({"expected_model_id": "fedcba9876543210"}, f"built by model {MODEL}, this service runs model fedcba9876543210"),
+        ({"expected_dim": 8}, "latent dimension 6, expected 8"),
+        ({"expected_samples": 5}, r"samples per question \(K\) 3, expected 5"),
+        ({"expected_metric": "l2"}, "metric 'cosine', expected 'l2'"),
+        ({"expected_kind": "hnsw"}, "index kind 'exact', expected 'hnsw'"),
+    ],
+)
+def test_a_mismatched_index_is_refused(saved, expectation, message):
+    _, directory = saved
+    with pytest.raises(IndexFileError, match=message):
+        SimilarityIndex.load(directory, device="cpu", **expectation)
+
+
+def test_a_corrupt_file_is_refused(saved):
+    _, directory = saved
+    path = a_codes_file(directory)
+    data = bytearray(path.read_bytes())
+    data[-7] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(IndexFileError, match=r"codes\.npy is truncated or corrupt \(checksum mismatch\)"):
+        SimilarityIndex.load(directory, device="cpu")
+
+
+def test_a_truncated_file_is_refused(saved):
+    _, directory = saved
+    path = a_codes_file(directory)
+    with open(path, "r+b") as handle:
+        handle.truncate(path.stat().st_size // 2)
+    with pytest.raises(IndexFileError, match="truncated or corrupt"):
+        SimilarityIndex.load(directory, device="cpu")
+
+
+def test_a_missing_file_is_refused(saved):
+    _, directory = saved
+    a_codes_file(directory).unlink()
+    with pytest.raises(IndexFileError, match="is missing"):
+        SimilarityIndex.load(directory, device="cpu")
+
+
+def test_a_garbled_manifest_is_refused(saved):
+    _, directory = saved
+    (snapshot_of(directory) / "manifest.json").write_text("{not json")
+    with pytest.raises(IndexFileError, match="missing or unreadable"):
+        SimilarityIndex.load(directory, device="cpu")
+
+
+def test_a_manifest_of_another_format_version_is_refused(saved):
+    _, directory = saved
+    path = snapshot_of(directory) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps(manifest | {"format_version": 99}))
+    with pytest.raises(IndexFileError, match="format version 99"):
+        SimilarityIndex.load(directory, device="cpu")
+
+
+def test_a_manifest_whose_count_disagrees_is_refused(saved):
+    _, directory = saved
+    path = snapshot_of(directory) / "manifest.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"count": 5}))
+    with pytest.raises(IndexFileError, match="227 live questions, manifest says 5"):
+        SimilarityIndex.load(directory, device="cpu")
+
+
+def test_no_index_and_a_dangling_pointer_are_refused(tmp_path, saved):
+    _, directory = saved
+    assert not SimilarityIndex.exists(tmp_path / "nothing")
+    with pytest.raises(IndexFileError, match="no index directory"):
+        SimilarityIndex.load(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(IndexFileError, match="no CURRENT file"):
+        SimilarityIndex.load(tmp_path / "empty")
+    (directory / "CURRENT").write_text("snapshot-gone\n")
+    with pytest.raises(IndexFileError, match="'snapshot-gone', which is missing"):
+        SimilarityIndex.load(directory)
+
+
+def test_an_interrupted_save_leaves_the_previous_snapshot_in_service(saved):
+    index, directory = saved
+    # A save killed midway: a staging directory and a renamed snapshot with partial files, CURRENT
+    # not yet switched.
+    for name in (".tmp-snapshot-99999999999999999999-dead", "snapshot-99999999999999999999-dead"):
+        (directory / name).mkdir()
+        (directory / name / "half.codes.npy").write_bytes(b"\x93NUMPY partial")
+    loaded = SimilarityIndex.load(directory, device="cpu")
+    assert np.array_equal(loaded.ids(), index.ids()) and loaded.revision == 42
+    index.save(directory)  # the next save clears the debris
+    assert sorted(p.name.split("-")[0] for p in directory.iterdir()) == ["CURRENT", "snapshot"]
+
+
+def test_unchanged_segments_are_linked_not_rewritten(saved):
+    index, directory = saved
+    before = {p.name: p.stat().st_ino for p in snapshot_of(directory).glob("*.codes.npy")}
+    index.add(np.array([5000]), np.ones((1, 3, 6), dtype=np.float32), revision=43)
+    index.save(directory)
+    after = {p.name: p.stat().st_ino for p in snapshot_of(directory).glob("*.codes.npy")}
+    assert set(before) < set(after)
+    assert all(after[name] == inode for name, inode in before.items())
+    assert SimilarityIndex.load(directory, device="cpu").revision == 43
+
+
+def test_saving_an_empty_index_round_trips(tmp_path):
+    index = SimilarityIndex(3, 2, model_id=MODEL, device="cpu")
+    index.save(tmp_path)
+    loaded = SimilarityIndex.load(tmp_path, device="cpu")
+    assert len(loaded) == 0 and loaded.revision is None
+    assert os.listdir(tmp_path).count("CURRENT") == 1
+
+
+def test_a_load_racing_a_save_by_another_process_reads_the_new_snapshot(saved, monkeypatch):
+    index, directory = saved
+    from app.search import storage
+
+    read = storage._read_named
+    calls = []
+
+    def save_in_between(directory_, name, expected):
+        if not calls:  # another process saves (and deletes this snapshot) while we read it
+            index.add(np.array([7000]), np.ones((1, 3, 6), dtype=np.float32), revision=50)
+            index.save(directory)
+        calls.append(name)
+        return read(directory_, name, expected)
+
+    monkeypatch.setattr(storage, "_read_named", save_in_between)
+    loaded = SimilarityIndex.load(directory, device="cpu")
+    assert len(calls) == 2 and calls[0] != calls[1]
+    assert loaded.revision == 50 and 7000 in loaded
