@@ -1,0 +1,133 @@
+"""Every failure becomes a JSON error with a message that says what is wrong; never a stack
+trace, never SQL. Database trouble is 503 with Retry-After (the client may retry), not 500."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.admin.service import JobConflict
+from app.core.errors import NotFoundError
+from app.core.security import AdminDisabled, AdminUnauthorized
+from app.model.text import EmptyTextError
+from app.questions.service import ExternalIdConflict
+from app.similarity.batcher import Overloaded
+from app.similarity.engine import InvalidQuery, NotReady
+
+logger = logging.getLogger(__name__)
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorBody(ErrorBody):
+    errors: list[FieldError]
+
+
+class ConflictBody(ErrorBody):
+    external_ids: list[str] | None = None
+    job_id: str | None = None
+
+
+_DESCRIPTIONS = {
+    401: ("missing or wrong admin token", ErrorBody),
+    403: ("the admin API is disabled (no QSIM_ADMIN_TOKEN)", ErrorBody),
+    404: ("no such question or job", ErrorBody),
+    409: ("conflict: external_id taken, or a reindex already running", ConflictBody),
+    413: ("request body too large", ErrorBody),
+    422: ("invalid request: the message names the field", ValidationErrorBody),
+    503: ("overloaded, loading, or database unavailable: retry after Retry-After seconds", ErrorBody),
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict]:
+    """OpenAPI documentation of the error answers a route can give."""
+    return {code: {"description": _DESCRIPTIONS[code][0], "model": _DESCRIPTIONS[code][1]} for code in codes}
+
+
+def _location(loc) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def validation_message(errors: list[dict]) -> str:
+    return "; ".join(f"{_location(e['loc'])}: {e['msg']}" for e in errors[:5])
+
+
+def error(status: int, message: str, headers: dict | None = None, **extra) -> JSONResponse:
+    return JSONResponse({"detail": message, **extra}, status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI, retry_after_seconds: int) -> None:
+    retry = {"Retry-After": str(retry_after_seconds)}
+
+    def invalid(errors: list[dict]) -> JSONResponse:
+        return error(422, validation_message(errors), errors=jsonable_encoder(errors))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return invalid([{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(NotFoundError)
+    async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
+        return error(404, str(exc))
+
+    @app.exception_handler(ExternalIdConflict)
+    async def _conflict(_: Request, exc: ExternalIdConflict) -> JSONResponse:
+        return error(409, str(exc), external_ids=exc.external_ids)
+
+    @app.exception_handler(JobConflict)
+    async def _job_conflict(_: Request, exc: JobConflict) -> JSONResponse:
+        return error(409, str(exc), job_id=exc.job_id)
+
+    @app.exception_handler(InvalidQuery)
+    async def _invalid(_: Request, exc: InvalidQuery) -> JSONResponse:
+        return invalid([{"loc": ["body", exc.field], "msg": str(exc), "type": "value_error"}])
+
+    @app.exception_handler(EmptyTextError)
+    async def _empty(_: Request, exc: EmptyTextError) -> JSONResponse:
+        return invalid([{"loc": ["body"], "msg": str(exc), "type": "value_error"}])
+
+    @app.exception_handler(AdminDisabled)
+    async def _admin_disabled(_: Request, exc: AdminDisabled) -> JSONResponse:
+        return error(403, str(exc))
+
+    @app.exception_handler(AdminUnauthorized)
+    async def _unauthorized(_: Request, exc: AdminUnauthorized) -> JSONResponse:
+        return error(401, str(exc), headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        request.app.state.metrics.overloaded.inc()
+        return error(503, f"too busy, retry shortly ({exc})", headers=retry)
+
+    @app.exception_handler(NotReady)
+    async def _not_ready(_: Request, exc: NotReady) -> JSONResponse:
+        return error(503, str(exc), headers=retry)
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _database(_: Request, exc: SQLAlchemyError) -> JSONResponse:
+        logger.warning("database error: %s", exc.__class__.__name__, exc_info=logger.isEnabledFor(logging.DEBUG))
+        return error(503, "database unavailable, retry shortly", headers=retry)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error")
+        return error(500, "internal error")

@@ -1,0 +1,56 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, Field
+
+from app.api.deps import RuntimeDep
+
+router = APIRouter(tags=["operations"])
+
+
+class Health(BaseModel):
+    status: str
+
+
+@router.get("/healthz", summary="The process is alive", response_model=Health)
+def healthz() -> dict:
+    return {"status": "ok"}
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="ready or not ready")
+    reasons: list[str] = Field(description="why not ready; empty when ready")
+    loaded: bool
+    model: str | None = None
+    model_id: str | None = None
+    questions: int | None = None
+    revision: int | None = None
+    device: str | None = None
+    index_kind: str | None = None
+
+
+@router.get(
+    "/readyz",
+    summary="Ready to answer searches",
+    response_model=Readiness,
+    responses={503: {"description": "not ready, with reasons", "model": Readiness}},
+)
+def readyz(runtime: RuntimeDep) -> JSONResponse:
+    """Ready when the model and index are loaded, the database answers and the index has applied
+    every change in the database."""
+    report = runtime.readiness()
+    return JSONResponse(report, status_code=200 if report["status"] == "ready" else 503)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"description": "Prometheus text format", "content": {CONTENT_TYPE_LATEST: {}}}},
+)
+def metrics(runtime: RuntimeDep) -> Response:
+    return Response(runtime.metrics_exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,90 @@
+"""Bulk loading of questions from a CSV or JSON-lines file (`qsim import`, and the bundled corpus
+that fills an empty development database).
+
+Rows with an external id already stored update that question instead of duplicating it, so a
+re-import of the same file changes nothing. Each batch is one transaction with its change-log
+entries; a running service picks the changes up from the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.core.db import Database
+from app.model.data import CorpusError, read_corpus
+from app.model.text import normalize
+from app.questions import repository
+from app.questions.repository import NewQuestion
+
+
+class ImportFileError(CorpusError):
+    """A file that cannot be imported as asked; nothing was written."""
+
+
+@dataclass
+class ImportReport:
+    rows: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+def read_questions(
+    path: Path,
+    text_column: str,
+    external_id_column: str | None = None,
+    answer_column: str | None = None,
+    metadata_columns: Sequence[str] = (),
+) -> list[NewQuestion]:
+    extra = tuple(c for c in (external_id_column, answer_column, *metadata_columns) if c)
+    corpus = read_corpus(path, text_column, extra_columns=extra)
+    seen: dict[str, int] = {}
+    questions = []
+    for row, text in enumerate(corpus.texts):
+        normalize(text)  # empty after normalisation is an error (read_corpus already refused blank rows)
+        external_id = corpus.extra[external_id_column][row] if external_id_column else None
+        if external_id is not None:
+            if external_id in seen:
+                raise ImportFileError(
+                    f"{path}: external id {external_id!r} appears in data rows {seen[external_id] + 1} and {row + 1}"
+                )
+            seen[external_id] = row
+        meta = {c: corpus.extra[c][row] for c in metadata_columns if corpus.extra[c][row] is not None} or None
+        answer = corpus.extra[answer_column][row] if answer_column else None
+        questions.append(NewQuestion(text=text, external_id=external_id, answer=answer, meta=meta))
+    return questions
+
+
+def import_questions(
+    database: Database,
+    questions: Sequence[NewQuestion],
+    batch_size: int = 1000,
+    progress: Callable[[int], None] | None = None,
+) -> ImportReport:
+    report = ImportReport(rows=len(questions))
+    for start in range(0, len(questions), batch_size):
+        batch = questions[start : start + batch_size]
+        with database.writing() as session:
+            existing = repository.by_external_ids(session, [q.external_id for q in batch if q.external_id])
+            fresh = [q for q in batch if q.external_id not in existing]
+            repository.create(session, fresh)
+            report.created += len(fresh)
+            for item in batch:
+                stored = existing.get(item.external_id) if item.external_id else None
+                if stored is None:
+                    continue
+                changes = {
+                    name: value
+                    for name, value in (("text", item.text), ("answer", item.answer), ("meta", item.meta))
+                    if getattr(stored, name) != value
+                }
+                if changes:
+                    repository.update_fields(session, stored, changes)
+                    report.updated += 1
+                else:
+                    report.unchanged += 1
+        if progress:
+            progress(len(batch))
+    return report

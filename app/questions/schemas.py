@@ -1,0 +1,229 @@
+"""Request and response bodies of the questions API.
+
+Limits come from the settings at startup (QSIM_MAX_QUESTION_CHARS, QSIM_MAX_LIMIT, ...) so they are
+part of the OpenAPI schema. Unknown fields are rejected. Strings must be storable as they are: no
+NUL characters and no lone surrogates (PostgreSQL refuses both), which a 422 names instead of a
+database error.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from app.core.config import get_settings
+from app.model.text import normalize
+
+_settings = get_settings()
+MAX_QUESTION_CHARS = _settings.max_question_chars
+MAX_LIMIT = _settings.max_limit
+MAX_BATCH = _settings.max_batch_questions
+MAX_BULK = _settings.max_bulk_questions
+MAX_ANSWER_CHARS = 20_000
+MAX_METADATA_BYTES = 16_384
+
+
+def _storable(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (it contains a lone surrogate)") from None
+    return value
+
+
+def _question(value: str) -> str:
+    _storable(value)
+    normalize(value)  # raises "question is empty or whitespace only"
+    return value
+
+
+QuestionText = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_QUESTION_CHARS, description="the question as the customer asked it"),
+    AfterValidator(_question),
+]
+ExternalId = Annotated[
+    str,
+    Field(min_length=1, max_length=255, description="the desk's own id of the question (unique)"),
+    AfterValidator(_storable),
+]
+AnswerText = Annotated[str, Field(max_length=MAX_ANSWER_CHARS), AfterValidator(_storable)]
+
+
+def _storable_json(value: Any) -> None:
+    if isinstance(value, str):
+        _storable(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _storable(key)
+            _storable_json(item)
+    elif isinstance(value, list):
+        for item in value:
+            _storable_json(item)
+
+
+def _check_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is None:
+        return value
+    _storable_json(value)
+    try:
+        encoded = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise ValueError("must not contain NaN or infinite numbers") from None
+    if len(encoded.encode("utf-8")) > MAX_METADATA_BYTES:
+        raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes of JSON")
+    return value
+
+
+Metadata = Annotated[dict[str, Any] | None, AfterValidator(_check_metadata)]
+
+
+class StrictModel(BaseModel):
+    """Requests: unknown fields are errors, and so are values of the wrong JSON type (no silent
+    coercion of `false` to 0 or of "10" to 10)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+# --------------------------------------------------------------------------- similarity
+
+
+class SearchOptions(StrictModel):
+    limit: int = Field(10, ge=1, le=MAX_LIMIT, description="at most this many results")
+    threshold: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="pair distance threshold t; null: the model's calibrated default"
+    )
+    min_pairs: int | None = Field(
+        None, ge=1, description="pairs within t needed for a match; null: the model's default (1 = any of K x K)"
+    )
+
+
+class SimilarRequest(SearchOptions):
+    question: QuestionText
+
+
+class SimilarBatchRequest(SearchOptions):
+    questions: list[QuestionText] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class ModelInfo(BaseModel):
+    name: str
+    id: str = Field(description="identity of the weights, tokenizer and sampling settings")
+    metric: Literal["l2", "cosine"]
+    samples: int = Field(description="K: codes sampled per question")
+
+
+class SimilarQuestion(BaseModel):
+    id: int
+    text: str
+    external_id: str | None
+    distance: float = Field(description="the smallest distance among the K x K pairs of codes")
+    pairs_within: int = Field(description="how many of the K x K pairs are within the threshold")
+
+
+class SimilarResponse(BaseModel):
+    question: str
+    threshold: float
+    min_pairs: int
+    model: ModelInfo
+    results: list[SimilarQuestion]
+
+
+class SimilarBatchItem(BaseModel):
+    question: str
+    results: list[SimilarQuestion]
+
+
+class SimilarBatchResponse(BaseModel):
+    threshold: float
+    min_pairs: int
+    model: ModelInfo
+    results: list[SimilarBatchItem]
+
+
+class EncodeRequest(StrictModel):
+    question: QuestionText
+
+
+class EncodeResponse(BaseModel):
+    question: str
+    model: ModelInfo
+    mean: list[float] = Field(description="posterior mean (the direction, for the vMF latent)")
+    scale: list[float] = Field(description="posterior standard deviation per dimension (zeros for vMF)")
+    samples: list[list[float]] = Field(description="the K codes the index holds for this text")
+
+
+# --------------------------------------------------------------------------- CRUD
+
+
+class QuestionCreate(StrictModel):
+    text: QuestionText
+    external_id: ExternalId | None = None
+    answer: AnswerText | None = None
+    metadata: Metadata = None
+
+
+class QuestionBulkCreate(StrictModel):
+    questions: list[QuestionCreate] = Field(min_length=1, max_length=MAX_BULK)
+    on_conflict: Literal["error", "skip", "update"] = Field(
+        "error",
+        description="when an external_id exists already: fail the whole call (error), keep the stored "
+        "question (skip), or overwrite it (update)",
+    )
+
+    @field_validator("questions")
+    @classmethod
+    def _unique_external_ids(cls, questions: list[QuestionCreate]) -> list[QuestionCreate]:
+        seen: set[str] = set()
+        for question in questions:
+            if question.external_id is not None:
+                if question.external_id in seen:
+                    raise ValueError(f"external_id {question.external_id!r} appears more than once")
+                seen.add(question.external_id)
+        return questions
+
+
+class QuestionUpdate(StrictModel):
+    """Only the fields present change; null clears external_id, answer or metadata."""
+
+    text: QuestionText | None = None
+    external_id: ExternalId | None = None
+    answer: AnswerText | None = None
+    metadata: Metadata = None
+
+    @field_validator("text")
+    @classmethod
+    def _text_not_null(cls, value: str | None) -> str:
+        if value is None:
+            raise ValueError("text cannot be null")
+        return value
+
+
+class QuestionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    text: str
+    external_id: str | None
+    answer: str | None
+    metadata: dict[str, Any] | None = Field(validation_alias="meta")
+    created_at: datetime
+    updated_at: datetime
+
+
+class QuestionPage(BaseModel):
+    items: list[QuestionOut]
+    total: int
+    next_after_id: int | None = Field(description="pass as after_id for the next page; null on the last page")
+
+
+class BulkResult(BaseModel):
+    created: int
+    updated: int
+    skipped: int
+    items: list[QuestionOut]

@@ -1,0 +1,96 @@
+"""`qsim serve` (prestart, then uvicorn) and `qsim reindex` (rebuild the saved index offline)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from app.cli import command
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Run the HTTP service: wait for the database, apply migrations, fill an empty development database "
+        "with the bundled questions, then serve with uvicorn. Everything else comes from QSIM_* variables."
+    )
+    p.add_argument("--host", help="interface to listen on (QSIM_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (QSIM_PORT, default 8000)")
+    p.add_argument("--workers", type=int, help="worker processes (QSIM_WORKERS, default 1); each holds its own index")
+    p.add_argument("--no-prestart", action="store_true", help="skip waiting for the database, migrations and seeding")
+
+
+@command("serve", "run the HTTP service", _serve_args)
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.core.config import get_settings
+    from app.prestart import DatabaseUnavailable, prestart
+
+    settings = get_settings()
+    if not args.no_prestart:
+        try:
+            prestart(settings)
+        except DatabaseUnavailable as error:
+            print(f"qsim serve: {error}")
+            return 1
+    workers = args.workers or settings.workers
+    if workers > 1:
+        _share_metrics_between_workers(settings.metrics_dir)
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        workers=workers,
+        access_log=settings.access_log,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+        proxy_headers=True,
+    )
+    return 0
+
+
+def _share_metrics_between_workers(directory: Path) -> None:
+    """Workers write their metrics to files in an emptied `directory`; any of them reports all."""
+    import shutil
+
+    from app.core.metrics import MULTIPROCESS_ENV
+
+    path = Path(os.environ.get(MULTIPROCESS_ENV) or directory)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    os.environ[MULTIPROCESS_ENV] = str(path)
+
+
+def _reindex_args(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Rebuild the saved index from the database while the service is stopped (a running service "
+        "reindexes without downtime through POST /admin/reindex instead)."
+    )
+    p.add_argument("--model", type=Path, help="model directory (default: the model the service would load)")
+
+
+@command("reindex", "rebuild the saved index offline", _reindex_args)
+def _reindex(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from app.core.config import get_settings
+    from app.core.db import open_database
+    from app.core.migrations import check_schema
+    from app.similarity.engine import SimilarityEngine
+
+    settings = get_settings()
+    database = open_database(settings.database_url, settings.database_timeout_seconds)
+    try:
+        check_schema(database.engine)
+        engine = SimilarityEngine(database, settings)
+        encoder = engine.load_encoder(args.model or engine.configured_model_dir())
+        with tqdm(total=100, unit="%", disable=not os.isatty(1)) as bar:
+            state = engine.build(encoder, progress=lambda f: bar.update(round(f * 100) - bar.n))
+        engine.adopt(state)
+        engine.save()
+        print(f"indexed {len(state.index)} questions with model {encoder.name} ({encoder.model_id}) -> {engine.index_path}")
+    finally:
+        database.dispose()
+    return 0

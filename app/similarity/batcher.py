@@ -1,0 +1,137 @@
+"""Dynamic micro-batching: concurrent requests share one encoder pass and one index search.
+
+One worker thread takes every request that queued up while it was busy (up to `max_batch`), so
+batches grow with load and a lone request is not held back; `max_wait` optionally holds a batch
+open a little longer for company. The queue is bounded: when it is full, `submit` fails at once
+with `Overloaded`, which the HTTP layer turns into 503 with Retry-After instead of letting latency
+grow without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Generic, TypeVar
+
+logger = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class Overloaded(RuntimeError):
+    """The queue is full; try again shortly."""
+
+
+class MicroBatcher(Generic[Item, Result]):
+    """`process` maps a batch of items to one result per item; a result that is an exception is
+    raised to that item's caller alone, an exception raised by `process` to every caller."""
+
+    def __init__(
+        self,
+        process: Callable[[Sequence[Item]], Sequence[Result]],
+        *,
+        max_batch: int,
+        max_wait_seconds: float,
+        max_queue: int,
+        name: str = "batcher",
+        on_batch: Callable[[int], None] | None = None,
+    ):
+        if max_batch < 1 or max_queue < 1:
+            raise ValueError("max_batch and max_queue must be at least 1")
+        self._process = process
+        self._max_batch = max_batch
+        self._max_wait = max_wait_seconds
+        self._max_queue = max_queue
+        self._on_batch = on_batch
+        self._queue: deque[tuple[Item, Future]] = deque()
+        self._ready = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def _enqueue(self, item: Item) -> Future:
+        future: Future = Future()
+        with self._ready:
+            if self._stopping:
+                raise Overloaded("shutting down")
+            if len(self._queue) >= self._max_queue:
+                raise Overloaded(f"{len(self._queue)} requests already queued")
+            self._queue.append((item, future))
+            self._ready.notify()
+        return future
+
+    def submit(self, item: Item, timeout: float | None = None) -> Result:
+        """Blocks until the item's batch is processed; re-raises the item's exception."""
+        future = self._enqueue(item)
+        try:
+            return future.result(timeout=timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise Overloaded(f"not answered within {timeout:.1f} s") from None
+
+    async def submit_async(self, item: Item, timeout: float | None = None) -> Result:
+        """The same for an event loop: waits without holding a thread."""
+        future = self._enqueue(item)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except TimeoutError:
+            future.cancel()
+            raise Overloaded(f"not answered within {timeout:.1f} s") from None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._ready:
+            self._stopping = True
+            self._ready.notify_all()
+        self._thread.join(timeout)
+
+    def _take_batch(self) -> list[tuple[Item, Future]]:
+        with self._ready:
+            while not self._queue and not self._stopping:
+                self._ready.wait()
+            if not self._queue:
+                return []
+            if self._max_wait > 0 and len(self._queue) < self._max_batch:
+                deadline = time.monotonic() + self._max_wait
+                while len(self._queue) < self._max_batch and not self._stopping:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._ready.wait(remaining)
+            batch = []
+            while self._queue and len(batch) < self._max_batch:
+                item, future = self._queue.popleft()
+                if future.set_running_or_notify_cancel():
+                    batch.append((item, future))
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if not batch:
+                if self._stopping:
+                    return
+                continue
+            if self._on_batch:
+                self._on_batch(len(batch))
+            try:
+                results = self._process([item for item, _ in batch])
+            except BaseException as error:  # the callers get it, the worker lives on
+                for _, future in batch:
+                    future.set_exception(error)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
