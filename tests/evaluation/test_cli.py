@@ -1,0 +1,195 @@
+"""`qsim calibrate` and `qsim evaluate` end to end on the tiny model."""
+
+import csv
+import json
+import shutil
+
+import pytest
+
+from app.cli import main
+from app.model.encoder import QuestionEncoder
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def model_copy(tiny_model_dir, tmp_path):
+    """A private copy of the session's tiny model, which calibration may change."""
+    return shutil.copytree(tiny_model_dir, tmp_path / "model")
+
+
+@pytest.fixture(scope="module")
+def corpus_and_queries(tiny_corpus_rows, tmp_path_factory):
+    """The tiny corpus split per intent: the last 5 questions of each are the queries."""
+    folder = tmp_path_factory.mktemp("split")
+    by_intent: dict[str, list[dict]] = {}
+    for row in tiny_corpus_rows:
+        by_intent.setdefault(row["category"], []).append(row)
+    parts = {"corpus": [r for rows in by_intent.values() for r in rows[:-5]],
+             "queries": [r for rows in by_intent.values() for r in rows[-5:]]}
+    paths = {}
+    for name, rows in parts.items():
+        paths[name] = folder / f"{name}.csv"
+        with paths[name].open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["text", "category"])
+            writer.writeheader()
+            writer.writerows(rows)
+    return paths["corpus"], paths["queries"]
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tiny_corpus_rows, tmp_path_factory):
+    path = tmp_path_factory.mktemp("pairs") / "pairs.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["question", "other question", "is_duplicate"])
+        for a, b in zip(tiny_corpus_rows[::3], tiny_corpus_rows[1::3], strict=False):
+            writer.writerow([a["text"], b["text"], int(a["category"] == b["category"])])
+        for a, b in zip(tiny_corpus_rows[::7], tiny_corpus_rows[100::7], strict=False):
+            writer.writerow([a["text"], b["text"], int(a["category"] == b["category"])])
+    return path
+
+
+def search_settings(model_dir):
+    return json.loads((model_dir / "config.json").read_text())["settings"]["search"]
+
+
+def test_calibrate_on_the_training_corpus_stores_threshold_and_record(model_copy, tiny_corpus_file, tiny_encoder, capsys):
+    status = main(["calibrate", "--model", str(model_copy), "--corpus", str(tiny_corpus_file),
+                   "--text-column", "text", "--label-column", "category"])
+    assert status == 0
+    search = search_settings(model_copy)
+    record = search["calibration"]
+    assert search["threshold"] == record["chosen"]["threshold"] and search["min_pairs"] == record["chosen"]["min_pairs"]
+    assert search["threshold"] != 0.25
+    assert record["method"] == "best F1" and record["data"]["kind"] == "labels"
+    assert "validation" in record["split"]["method"] and record["split"]["queries"] == 36
+    assert {"mean code", "any-of-25"} <= {row["variant"] for row in record["variants"]}
+    assert record["equal_precision"]["levels"]
+    # The model is unchanged and loads with the new default threshold.
+    reloaded = QuestionEncoder.load(model_copy)
+    assert reloaded.model_id == tiny_encoder.model_id == record["model_id"]
+    assert reloaded.default_threshold == search["threshold"]
+    assert "chosen: threshold" in capsys.readouterr().out
+
+
+def test_calibrate_dry_run_with_target_precision_leaves_the_model_alone(model_copy, tiny_corpus_file, capsys):
+    before = (model_copy / "config.json").read_bytes()
+    status = main(["calibrate", "--model", str(model_copy), "--corpus", str(tiny_corpus_file), "--text-column", "text",
+                   "--label-column", "category", "--target-precision", "0.05", "--min-pairs-options", "1", "4", "99",
+                   "--dry-run"])
+    assert status == 0
+    assert (model_copy / "config.json").read_bytes() == before
+    out = capsys.readouterr().out
+    assert "largest recall at precision >= target" in out and "4-of-25" in out and "99-of-25" not in out
+
+
+def test_calibrate_on_labelled_pairs(model_copy, pairs_file):
+    assert main(["calibrate", "--model", str(model_copy), "--pairs", str(pairs_file)]) == 0
+    record = search_settings(model_copy)["calibration"]
+    assert record["data"]["kind"] == "pairs"
+    assert record["data"]["columns"] == ["question", "other question", "is_duplicate"]
+    assert record["split"]["pairs"] == record["data"]["rows"]
+
+
+def test_an_unreachable_target_precision_exits_2_naming_the_best_reached(model_copy, tmp_path, capsys):
+    # The same two questions marked once as duplicates and once not: no threshold beats precision 1/2.
+    contradicting = tmp_path / "contradicting.csv"
+    contradicting.write_text("a,b,duplicate\nhow do I top up,where is my card,1\nhow do I top up,where is my card,0\n")
+    status = main(["calibrate", "--model", str(model_copy), "--pairs", str(contradicting), "--target-precision", "0.9"])
+    assert status == 2
+    assert "no threshold reaches precision 0.9; the highest reached is 0.500" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--corpus", "{corpus}", "--text-column", "text", "--label-column", "intent"], "has no column 'intent'"),
+        (["--corpus", "{corpus}", "--text-column", "text"], "needs --text-column and --label-column"),
+        (["--corpus", "{corpus}", "--pairs", "{corpus}", "--text-column", "text", "--label-column", "category"],
+         "either --corpus"),
+        (["--pairs", "{corpus}", "--pair-columns", "text", "category", "nope"], "has no column 'nope'"),
+        (["--pairs", "{corpus}", "--pair-columns", "text", "text", "category"], "expected 0 or 1"),
+    ],
+)
+def test_calibrate_errors_the_user_can_fix_exit_2_without_a_traceback(
+    model_copy, tiny_corpus_file, capsys, arguments, message
+):
+    arguments = [a.replace("{corpus}", str(tiny_corpus_file)) for a in arguments]
+    assert main(["calibrate", "--model", str(model_copy), *arguments]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_an_unknown_model_directory_exits_2(tmp_path, tiny_corpus_file, capsys):
+    status = main(["evaluate", "--model", str(tmp_path / "nope"), "--corpus", str(tiny_corpus_file),
+                   "--queries", str(tiny_corpus_file), "--text-column", "text", "--label-column", "category",
+                   "--out", str(tmp_path / "out")])
+    assert status == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_evaluate_a_calibrated_model_writes_the_report_and_figures(model_copy, corpus_and_queries, tmp_path, capsys):
+    corpus, queries = corpus_and_queries
+    assert main(["calibrate", "--model", str(model_copy), "--corpus", str(corpus), "--text-column", "text",
+                 "--label-column", "category", "--min-pairs-options", "1", "3"]) == 0
+    out = tmp_path / "report"
+    status = main(["evaluate", "--model", str(model_copy), "--corpus", str(corpus), "--queries", str(queries),
+                   "--text-column", "text", "--label-column", "category", "--out", str(out),
+                   "--skip-baselines", "minilm", "--latency-queries", "5", "--tsne-points", "80", "--device", "cpu"])
+    assert status == 0
+    report = json.loads((out / "report.json").read_text())
+    methods = [row["method"] for row in report["ranking"]]
+    assert methods[:2] == ["qsim, any-of-25 (closest pair)", "qsim, mean code"]
+    assert any(m.startswith("TF-IDF") for m in methods) and any(m.startswith("BM25") for m in methods)
+    assert report["skipped_baselines"] == [{"baseline": "minilm", "reason": "skipped on request (--skip-baselines)"}]
+    for row in report["ranking"]:
+        assert 0 <= row["precision_at_1"] <= row["hit_at_10"] <= 1 and row["queries"] == 60
+    qsim_row = report["ranking"][0]
+    assert qsim_row["encode_per_second"] > 0 and qsim_row["latency_queries"] == 5
+
+    rule = report["threshold_rule"]
+    assert rule["threshold"] == search_settings(model_copy)["threshold"]
+    assert [r["variant"] for r in rule["at_model_threshold"]] == ["mean code", "any-of-25", "3-of-25"]
+    for row in rule["at_model_threshold"]:
+        assert row["index_agrees"] and row["index_checked_queries"] == 60, row
+    assert {r["variant"] for r in rule["at_own_calibrated_threshold"]} == {"mean code", "any-of-25", "3-of-25"}
+    assert set(report["equal_precision"]["versus_mean_code"]) == {"any-of-25", "3-of-25"}
+
+    for figure in ("ranking.png", "threshold_curves.png", "latent_map.png", "training_curves.png"):
+        assert (out / figure).read_bytes()[:8] == PNG_MAGIC, figure
+    assert sorted(report["figures"]) == sorted(["ranking.png", "threshold_curves.png", "latent_map.png", "training_curves.png"])
+    markdown = (out / "report.md").read_text()
+    assert "| qsim, any-of-25 (closest pair) |" in markdown and "![threshold curves](threshold_curves.png)" in markdown
+    assert "baseline minilm not run" in markdown
+    printed = capsys.readouterr().out
+    assert "threshold rule: exact sweep" in printed and "report:" in printed
+
+
+def test_evaluate_held_out_queries_are_the_trainers_validation_rows(tiny_model_dir, tiny_corpus_file, tmp_path):
+    out = tmp_path / "held-out"
+    status = main(["evaluate", "--model", str(tiny_model_dir), "--corpus", str(tiny_corpus_file), "--held-out",
+                   "--text-column", "text", "--label-column", "category", "--out", str(out),
+                   "--skip-baselines", "tfidf", "bm25", "minilm", "--latency-queries", "0", "--tsne-points", "0"])
+    assert status == 0
+    data = json.loads((out / "report.json").read_text())["data"]
+    assert (data["corpus"]["rows"], data["queries"]["rows"]) == (360 - 36, 36)
+    assert "validation rows" in data["queries"]["path"]
+
+
+def test_evaluate_a_model_with_one_code_per_question_has_no_n_of_variant(model_copy, corpus_and_queries, tmp_path):
+    from app.model.artifact import compute_model_id
+    from app.model.config import ModelSettings
+
+    config = json.loads((model_copy / "config.json").read_text())
+    config["settings"]["sampling"]["samples"] = 1
+    config["model_id"] = compute_model_id(config["files"], ModelSettings.model_validate(config["settings"]))
+    (model_copy / "config.json").write_text(json.dumps(config))
+    corpus, queries = corpus_and_queries
+    out = tmp_path / "k1"
+    assert main(["evaluate", "--model", str(model_copy), "--corpus", str(corpus), "--queries", str(queries),
+                 "--text-column", "text", "--label-column", "category", "--out", str(out),
+                 "--skip-baselines", "tfidf", "bm25", "minilm", "--latency-queries", "0", "--tsne-points", "0"]) == 0
+    rule = json.loads((out / "report.json").read_text())["threshold_rule"]
+    assert [row["variant"] for row in rule["at_model_threshold"]] == ["mean code", "any-of-1"]
+    assert rule["n_of_pairs"] is None
