@@ -1,0 +1,82 @@
+"""The Dockerfiles, docker-compose.yml and .env.example agree with the code: no engine runs here,
+so these files are kept correct by checking them against what the code expects."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from app.core.config import Settings
+from tests.conftest import ROOT
+
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SETTING_NAMES = {f"QSIM_{name.upper()}" for name in Settings.model_fields}
+
+
+def dockerfile(name: str) -> str:
+    return (ROOT / name).read_text()
+
+
+def test_every_qsim_variable_the_deployment_sets_is_a_real_setting():
+    compose_vars = set(COMPOSE["x-qsim-environment"]) | set(COMPOSE["services"]["qsim-gpu"]["environment"])
+    image_vars = set(re.findall(r"\b(QSIM_[A-Z_]+)=", dockerfile("Dockerfile") + dockerfile("docker/Dockerfile.gpu")))
+    assert compose_vars - {"<<"} <= SETTING_NAMES
+    assert image_vars <= SETTING_NAMES
+
+
+def test_env_example_only_names_settings_or_compose_variables():
+    compose_text = (ROOT / "docker-compose.yml").read_text()
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name = line.split("=", 1)[0]
+            assert name in SETTING_NAMES or "${" + name in compose_text, name
+
+
+def test_app_waits_for_a_healthy_database_and_keeps_its_data_in_named_volumes():
+    db = COMPOSE["services"]["db"]
+    assert "pg_isready" in " ".join(db["healthcheck"]["test"])
+    for name in ("qsim", "qsim-gpu"):
+        service = COMPOSE["services"][name]
+        assert service["depends_on"]["db"]["condition"] == "service_healthy"
+        for volume in service["volumes"]:
+            assert volume.split(":")[0] in COMPOSE["volumes"]
+    assert "db-data" in [v.split(":")[0] for v in db["volumes"]]
+
+
+def test_gpu_service_is_behind_a_profile_and_reserves_a_gpu():
+    gpu = COMPOSE["services"]["qsim-gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert gpu["build"]["dockerfile"] == "docker/Dockerfile.gpu"
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "docker/Dockerfile.gpu"])
+def test_images_run_the_shared_entrypoint_as_a_non_root_user_with_a_healthcheck(name):
+    text = dockerfile(name)
+    assert 'ENTRYPOINT ["/opt/qsim/docker/entrypoint.sh"]' in text
+    assert "COPY docker/entrypoint.sh ./docker/entrypoint.sh" in text
+    assert re.search(r"^USER qsim$", text, re.M)
+    assert "HEALTHCHECK" in text and "/healthz" in text
+    assert '"torch==2.13.0"' in text  # never a bare torch
+    for copied in re.findall(r"^COPY (?!--from)(\S+)", text, re.M):
+        assert (ROOT / copied).exists(), copied
+
+
+def test_gpu_image_installs_the_faiss_gpu_extra_and_cpu_image_the_cpu_extra():
+    assert '".[cpu]"' in dockerfile("Dockerfile")
+    assert '".[gpu]"' in dockerfile("docker/Dockerfile.gpu")
+
+
+def test_entrypoint_is_executable_and_execs_the_server():
+    script = ROOT / "docker" / "entrypoint.sh"
+    assert script.stat().st_mode & 0o111
+    body = script.read_text()
+    assert "python -m app.prestart" in body and "exec python -m app serve --no-prestart" in body
+
+
+def test_torch_is_pinned_exactly_in_the_project():
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert '"torch==2.13.0"' in pyproject
+    assert not re.search(r'"torch\s*(>|<|~|!|")', pyproject)
