@@ -1,0 +1,151 @@
+"""Admin routes: bearer-token auth and reindex jobs that never take search down."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import pytest
+
+from tests.service_fixtures import make_settings, start_client
+
+
+def wait_for_job(client, admin, job_id, timeout=60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/admin/jobs/{job_id}", headers=admin).json()
+        if job["status"] in ("succeeded", "failed"):
+            return job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic dGVzdA=="}, {"Authorization": "Bearer"}],
+)
+def test_admin_routes_reject_missing_or_wrong_tokens(client, headers):
+    for method, path in [("post", "/admin/reindex"), ("get", "/admin/jobs/00000000-0000-0000-0000-000000000000")]:
+        response = getattr(client, method)(path, headers=headers)
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_admin_api_is_off_without_a_configured_token(database_url, tiny_model_dir, tmp_path):
+    client = start_client(make_settings(database_url, tiny_model_dir, tmp_path, admin_token=None))
+    try:
+        response = client.post("/admin/reindex", headers={"Authorization": "Bearer anything"})
+        assert response.status_code == 403
+        assert "QSIM_ADMIN_TOKEN" in response.json()["detail"]
+    finally:
+        client.__exit__(None, None, None)
+
+
+def test_production_refuses_to_start_without_a_token(database_url, tiny_model_dir, tmp_path):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="QSIM_ADMIN_TOKEN must be set"):
+        make_settings(database_url, tiny_model_dir, tmp_path, env="production", admin_token=None)
+
+
+def test_unknown_job_is_404(client, admin):
+    response = client.get("/admin/jobs/00000000-0000-0000-0000-000000000000", headers=admin)
+    assert response.status_code == 404
+    assert client.get("/admin/jobs/not-a-uuid", headers=admin).status_code == 422
+
+
+def test_reindex_rebuilds_the_same_index(client, admin, stored):
+    engine = client.app.state.runtime.engine
+    before = engine.state.index
+    response = client.post("/admin/reindex", headers=admin)
+    assert response.status_code == 202
+    job = wait_for_job(client, admin, response.json()["job_id"])
+    assert (job["status"], job["progress"], job["error"]) == ("succeeded", 1.0, None)
+    after = engine.state.index
+    assert after is not before
+    ids = before.ids()
+    assert (after.ids() == ids).all() and (after.get_codes(ids) == before.get_codes(ids)).all()
+
+
+@pytest.mark.parametrize("name", ["../tiny", "nope", "/etc", "tiny/../tiny"])
+def test_reindex_only_takes_model_names_under_the_models_root(client, admin, name):
+    response = client.post("/admin/reindex", headers=admin, json={"model": name})
+    assert response.status_code == 422
+
+
+def test_searches_keep_answering_during_a_reindex_and_writes_made_meanwhile_are_in_the_new_index(
+    client, admin, stored
+):
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def searcher():
+        while not stop.is_set():
+            response = client.post("/questions/similar", json={"question": stored[0]["text"], "threshold": 1e-9})
+            if response.status_code != 200 or response.json()["results"][0]["id"] != stored[0]["id"]:
+                errors.append(response.text)
+
+    readers = [threading.Thread(target=searcher) for _ in range(3)]
+    for reader in readers:
+        reader.start()
+    job_id = client.post("/admin/reindex", headers=admin).json()["job_id"]
+    added, deleted, changed = [], [stored[1]["id"], stored[2]["id"]], stored[3]["id"]
+    for i in range(10):
+        added.append(client.post("/questions", json={"text": f"added during reindex number {i}"}).json()["id"])
+    for question_id in deleted:
+        client.delete(f"/questions/{question_id}")
+    client.patch(f"/questions/{changed}", json={"text": "changed during the reindex"})
+    job = wait_for_job(client, admin, job_id)
+    stop.set()
+    for reader in readers:
+        reader.join()
+    assert job["status"] == "succeeded" and errors == []
+    index = client.app.state.runtime.engine.state.index
+    stored_ids = {q["id"] for q in stored}
+    assert set(index.ids()) == (stored_ids | set(added)) - set(deleted)
+    found = client.post("/questions/similar", json={"question": "changed during the reindex", "threshold": 1e-9}).json()
+    assert found["results"][0]["id"] == changed
+
+
+def test_reindex_with_another_model_switches_the_served_model(client, admin, stored, tiny_model_dir, tiny_encoder):
+    other = tiny_model_dir.parent / "tiny-copy"
+    if not other.exists():
+        shutil.copytree(tiny_model_dir, other)
+    response = client.post("/admin/reindex", headers=admin, json={"model": "tiny-copy"})
+    job = wait_for_job(client, admin, response.json()["job_id"])
+    assert job["status"] == "succeeded" and job["model"] == "tiny-copy"
+    body = client.post("/questions/similar", json={"question": "card"}).json()
+    assert body["model"]["name"] == "tiny-copy" and body["model"]["id"] == tiny_encoder.model_id
+
+
+def test_a_failed_reindex_leaves_the_old_index_serving(client, admin, stored, tiny_model_dir):
+    broken = tiny_model_dir.parent / "tiny-broken"
+    if not broken.exists():
+        shutil.copytree(tiny_model_dir, broken)
+        (broken / "model.pt").write_bytes(b"not a model")
+    before = client.app.state.runtime.engine.state
+    job = wait_for_job(client, admin, client.post("/admin/reindex", headers=admin, json={"model": "tiny-broken"}).json()["job_id"])
+    assert job["status"] == "failed" and "model.pt" in job["error"]
+    assert client.app.state.runtime.engine.state is before
+    assert client.post("/questions/similar", json={"question": stored[0]["text"], "threshold": 1e-9}).json()["results"]
+
+
+def test_one_reindex_at_a_time(client, admin, stored, monkeypatch):
+    engine = client.app.state.runtime.engine
+    release = threading.Event()
+    real_build = engine.build
+
+    def build_when_released(*args, **kwargs):
+        release.wait(30)
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "build", build_when_released)
+    first = client.post("/admin/reindex", headers=admin).json()["job_id"]
+    assert client.get(f"/admin/jobs/{first}", headers=admin).json()["status"] in ("queued", "running")
+    second = client.post("/admin/reindex", headers=admin)
+    assert second.status_code == 409
+    assert second.json()["job_id"] == first and "already running" in second.json()["detail"]
+    release.set()
+    assert wait_for_job(client, admin, first)["status"] == "succeeded"
+    assert client.post("/admin/reindex", headers=admin).status_code == 202

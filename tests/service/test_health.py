@@ -1,0 +1,55 @@
+"""Liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+import threading
+
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.similarity.engine import SimilarityEngine
+
+
+def test_healthz_and_readyz_when_all_is_well(client, stored, tiny_encoder):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    body = ready.json()
+    assert body["status"] == "ready" and body["reasons"] == []
+    assert (body["questions"], body["model_id"], body["device"]) == (len(stored), tiny_encoder.model_id, "cpu")
+
+
+def test_not_ready_while_the_index_loads_but_alive(settings, monkeypatch):
+    release = threading.Event()
+    real_start = SimilarityEngine.start
+
+    def slow_start(self, *args, **kwargs):
+        release.wait(30)
+        return real_start(self, *args, **kwargs)
+
+    monkeypatch.setattr(SimilarityEngine, "start", slow_start)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/healthz").status_code == 200
+        loading = client.get("/readyz")
+        assert loading.status_code == 503 and "loading" in loading.json()["reasons"][0]
+        search = client.post("/questions/similar", json={"question": "card"})
+        assert search.status_code == 503 and search.headers["retry-after"]
+        created = client.post("/questions", json={"text": "stored while loading"})
+        assert created.status_code == 201  # writes need only the database; the load replays them
+        release.set()
+        client.app.state.runtime.wait_until_loaded(30)
+        assert client.get("/readyz").status_code == 200
+        found = client.post("/questions/similar", json={"question": "stored while loading", "threshold": 1e-9})
+        assert found.json()["results"][0]["id"] == created.json()["id"]
+
+
+def test_metrics_count_requests_per_route_and_describe_the_index(client, stored, tiny_encoder):
+    client.post("/questions/similar", json={"question": "card"})
+    client.get("/questions/999999")
+    text = client.get("/metrics").text
+    assert 'qsim_http_requests_total{method="POST",route="/questions/similar",status="200"} 1.0' in text
+    assert 'qsim_http_requests_total{method="GET",route="/questions/{question_id}",status="404"} 1.0' in text
+    assert 'qsim_http_request_duration_seconds_bucket{le="0.005",method="POST",route="/questions/similar"}' in text
+    assert f"qsim_index_questions {float(len(stored))}" in text
+    assert f'qsim_model_info{{model_id="{tiny_encoder.model_id}",name="tiny"}} 1.0' in text
+    assert "qsim_search_batch_size_count" in text

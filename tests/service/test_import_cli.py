@@ -1,0 +1,67 @@
+"""`qsim import`: bulk loading, idempotent re-imports, clear errors."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from app.cli import main
+from app.core.config import get_settings
+from app.core.db import open_database
+from app.questions import repository
+
+
+@pytest.fixture
+def env(monkeypatch, database_url):
+    monkeypatch.setenv("QSIM_DATABASE_URL", database_url)
+    get_settings.cache_clear()
+    yield database_url
+    get_settings.cache_clear()
+
+
+def write_csv(path, rows):
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def stored(url):
+    database = open_database(url)
+    with database.reading() as session:
+        rows = {q.external_id: (q.text, q.answer, q.meta) for q in repository.page(session, 0, 1000)}
+        changes = repository.last_change(session)
+    database.dispose()
+    return rows, changes
+
+
+def test_import_loads_and_a_reimport_only_applies_what_changed(env, tmp_path, capsys):
+    rows = [{"id": f"d{i}", "q": f"question number {i}", "a": f"answer {i}", "cat": "c"} for i in range(5)]
+    path = write_csv(tmp_path / "desk.csv", rows)
+    args = ["import", "--file", str(path), "--text-column", "q", "--external-id-column", "id",
+            "--answer-column", "a", "--metadata-column", "cat", "--no-progress"]
+    assert main(args) == 0
+    assert "5 rows: 5 created, 0 updated, 0 unchanged" in capsys.readouterr().out
+    first, changes = stored(env)
+    assert first["d3"] == ("question number 3", "answer 3", {"cat": "c"})
+
+    assert main(args) == 0
+    assert "0 created, 0 updated, 5 unchanged" in capsys.readouterr().out
+    assert stored(env) == (first, changes)  # nothing rewritten, nothing logged
+
+    rows[2]["q"] = "a reworded question"
+    write_csv(path, rows)
+    assert main(args) == 0
+    assert "0 created, 1 updated, 4 unchanged" in capsys.readouterr().out
+    assert stored(env)[0]["d2"][0] == "a reworded question"
+
+
+def test_import_errors_name_the_problem_and_write_nothing(env, tmp_path, capsys):
+    path = write_csv(tmp_path / "bad.csv", [{"id": "x", "q": "fine"}, {"id": "x", "q": "twice"}])
+    assert main(["import", "--file", str(path), "--text-column", "q", "--external-id-column", "id"]) == 2
+    assert "external id 'x' appears in data rows 1 and 2" in capsys.readouterr().err
+    assert main(["import", "--file", str(path), "--text-column", "question"]) == 2
+    assert "has no column 'question'" in capsys.readouterr().err
+    assert stored(env)[0] == {}

@@ -1,0 +1,134 @@
+"""Restarts: the saved index is reused, caught up with the change log, and reconciled with the
+database; a damaged or foreign index is rebuilt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from app.core.db import open_database
+from app.questions.importer import import_questions
+from app.questions.repository import NewQuestion
+from app.similarity.engine import SimilarityEngine
+from tests.service_fixtures import start_client
+
+
+def stop(client) -> None:
+    client.__exit__(None, None, None)
+
+
+def indexed_ids(client) -> set[int]:
+    return {int(i) for i in client.app.state.runtime.engine.state.index.ids()}
+
+
+def stored_ids(settings) -> set[int]:
+    database = open_database(settings.database_url)
+    with database.reading() as session:
+        ids = {row[0] for row in session.execute(text("SELECT id FROM questions"))}
+    database.dispose()
+    return ids
+
+
+def found(client, question: str) -> list[int]:
+    body = client.post("/questions/similar", json={"question": question, "threshold": 1e-9}).json()
+    return [r["id"] for r in body["results"]]
+
+
+@pytest.fixture
+def first_run(settings, tiny_corpus_rows):
+    """A service that stored 60 questions and shut down gracefully (saving its index)."""
+    client = start_client(settings)
+    items = [{"text": row["text"], "external_id": f"e{i}"} for i, row in enumerate(tiny_corpus_rows[:60])]
+    stored = client.post("/questions/bulk", json={"questions": items}).json()["items"]
+    stop(client)
+    return stored
+
+
+def test_graceful_shutdown_saves_and_a_restart_reuses_the_index(settings, first_run, monkeypatch):
+    assert any(Path(settings.index_dir).rglob("*"))
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the saved index should have been reused, not rebuilt")
+
+    monkeypatch.setattr(SimilarityEngine, "build", no_rebuild)
+    client = start_client(settings)
+    try:
+        assert indexed_ids(client) == {q["id"] for q in first_run}
+        assert found(client, first_run[0]["text"])[0] == first_run[0]["id"]
+    finally:
+        stop(client)
+
+
+def test_changes_made_while_the_service_was_down_are_applied_at_start(settings, first_run):
+    database = open_database(settings.database_url)
+    import_questions(database, [NewQuestion("imported while the service was down", external_id="offline-1"),
+                                NewQuestion("a new text for e1", external_id="e1")])
+    database.dispose()
+    client = start_client(settings)
+    try:
+        assert found(client, "imported while the service was down")
+        assert found(client, "a new text for e1") == [first_run[1]["id"]]
+        assert indexed_ids(client) == stored_ids(settings)
+    finally:
+        stop(client)
+
+
+def test_drift_the_change_log_does_not_show_is_reconciled(settings, first_run):
+    database = open_database(settings.database_url)
+    with database.writing() as session:  # behind qsim's back: no change-log entries
+        session.execute(text("DELETE FROM questions WHERE id = :id"), {"id": first_run[0]["id"]})
+        session.execute(
+            text("INSERT INTO questions (text, created_at, updated_at) VALUES ('inserted by hand', :now, :now)"),
+            {"now": "2026-01-01 00:00:00"},
+        )
+    database.dispose()
+    client = start_client(settings)
+    try:
+        assert indexed_ids(client) == stored_ids(settings)
+        assert first_run[0]["id"] not in indexed_ids(client)
+        assert found(client, "inserted by hand")
+    finally:
+        stop(client)
+
+
+def test_a_damaged_saved_index_is_rebuilt(settings, first_run):
+    for path in Path(settings.index_dir).rglob("*"):
+        if path.is_file() and path.stat().st_size > 100:
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    client = start_client(settings)
+    try:
+        assert indexed_ids(client) == {q["id"] for q in first_run}
+    finally:
+        stop(client)
+
+
+def test_an_index_saved_for_another_database_is_not_used(settings, first_run, tmp_path, tiny_model_dir):
+    from app.core.migrations import upgrade_to_head
+    from tests.service_fixtures import make_settings
+
+    other_url = f"sqlite:///{tmp_path / 'other.db'}"
+    upgrade_to_head(other_url)
+    client = start_client(make_settings(other_url, tiny_model_dir, tmp_path))  # same index_dir
+    try:
+        assert indexed_ids(client) == set()
+    finally:
+        stop(client)
+
+
+def test_an_approximate_kind_can_be_chosen_and_a_change_of_kind_rebuilds(settings, first_run):
+    approximate = settings.model_copy(update={"index_kind": "hnsw"})
+    client = start_client(approximate)
+    try:
+        ready = client.get("/readyz").json()
+        assert ready["index_kind"] == "hnsw" and ready["questions"] == len(first_run)
+        hit = client.post("/questions/similar", json={"question": first_run[3]["text"], "threshold": 1e-9}).json()
+        assert hit["results"][0]["id"] == first_run[3]["id"]
+    finally:
+        stop(client)
+    client = start_client(settings)  # back to exact: the hnsw index on disk is not reused
+    try:
+        assert client.get("/readyz").json()["index_kind"] == "exact"
+    finally:
+        stop(client)

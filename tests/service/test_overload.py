@@ -1,0 +1,90 @@
+"""Saturation: the search queue is bounded; past it, requests get 503 with Retry-After at once
+instead of waiting without bound, and the service answers normally again when load drops."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from app.similarity.batcher import MicroBatcher, Overloaded
+from tests.service_fixtures import make_settings, start_client
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_recovers(database_url, tiny_model_dir, tmp_path, monkeypatch):
+    settings = make_settings(database_url, tiny_model_dir, tmp_path, queue_max=2, batch_max_size=1)
+    client = start_client(settings)
+    try:
+        engine = client.app.state.runtime.engine
+        release, busy = threading.Event(), threading.Event()
+        real_search = engine.search
+
+        def slow_search(queries):
+            busy.set()
+            release.wait(30)
+            return real_search(queries)
+
+        monkeypatch.setattr(engine, "search", slow_search)
+        results: list[int] = []
+
+        def ask():
+            results.append(client.post("/questions/similar", json={"question": "card"}).status_code)
+
+        first = threading.Thread(target=ask)
+        first.start()
+        busy.wait(10)  # one search is in the worker; the queue can take two more
+        queued = [threading.Thread(target=ask) for _ in range(2)]
+        for thread in queued:
+            thread.start()
+        while client.app.state.runtime.batcher.depth < 2:
+            pass
+        refused = client.post("/questions/similar", json={"question": "card"})
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == str(settings.retry_after_seconds)
+        assert "too busy" in refused.json()["detail"]
+        release.set()
+        for thread in [first, *queued]:
+            thread.join()
+        assert results == [200, 200, 200]
+        assert client.post("/questions/similar", json={"question": "card"}).status_code == 200
+        assert "qsim_overloaded_requests_total 1.0" in client.get("/metrics").text
+    finally:
+        client.__exit__(None, None, None)
+
+
+def test_batches_form_under_load_and_each_caller_gets_its_own_answer():
+    seen_batches: list[int] = []
+    gate = threading.Event()
+
+    def process(items):
+        gate.wait(10)
+        seen_batches.append(len(items))
+        return [item * 2 if item >= 0 else ValueError(f"negative {item}") for item in items]
+
+    batcher = MicroBatcher(process, max_batch=8, max_wait_seconds=0.0, max_queue=100)
+    answers: dict[int, object] = {}
+
+    def call(value):
+        try:
+            answers[value] = batcher.submit(value, timeout=10)
+        except ValueError as error:
+            answers[value] = str(error)
+
+    threads = [threading.Thread(target=call, args=(v,)) for v in [*range(10), -1]]
+    for thread in threads:
+        thread.start()
+    while batcher.depth < 10:  # the first item is held in `process`, the rest queue behind it
+        pass
+    gate.set()
+    for thread in threads:
+        thread.join()
+    batcher.stop()
+    assert answers == {**{v: v * 2 for v in range(10)}, -1: "negative -1"}
+    assert max(seen_batches) > 1 and sum(seen_batches) == 11 and max(seen_batches) <= 8
+
+
+def test_a_stopped_batcher_refuses_new_work():
+    batcher = MicroBatcher(lambda items: items, max_batch=4, max_wait_seconds=0.0, max_queue=4)
+    batcher.stop()
+    with pytest.raises(Overloaded):
+        batcher.submit(1)
