@@ -1,0 +1,66 @@
+# The two commands a new machine needs (README): `make run` and `make test`.
+# Everything else here is a convenience around them.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# Extra pip arguments for torch, e.g. `--index-url https://download.pytorch.org/whl/cpu`
+# on a machine whose pip would otherwise fetch the CUDA build.
+TORCH_PIP_ARGS ?=
+EXTRAS ?= cpu,eval,dev
+
+.PHONY: help install run serve test test-long test-postgres lint bench bench-index bench-encoder bench-http \
+        evaluate train-default calibrate-default clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0 $(TORCH_PIP_ARGS)
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(BIN)/.installed  ## create .venv and install qsim with its CPU, eval and dev extras
+
+run: install  ## set up and run the service on its embedded defaults (SQLite, CPU FAISS, shipped model, bundled questions)
+	PATH="$(abspath $(BIN)):$$PATH" ./docker/entrypoint.sh
+
+serve: run
+
+test: install  ## set up and run the test suite (PostgreSQL tests skip when no server answers)
+	$(BIN)/python -m pytest
+
+test-long: install  ## the long reliability variants (soak, many crash trials)
+	QSIM_LONG_TESTS=1 $(BIN)/python -m pytest -m slow
+
+lint: install
+	$(BIN)/ruff check app tests bench
+
+bench: bench-index bench-encoder bench-http  ## all benchmarks; each prints a table
+
+bench-index: install  ## exact/approximate index at 10k, 100k, 1M questions
+	$(BIN)/python -m bench.index_bench
+
+bench-encoder: install  ## encoder throughput and latency against MiniLM
+	$(BIN)/python -m bench.encoder_bench
+
+bench-http: install  ## HTTP latency and throughput against a running service
+	$(BIN)/python -m bench.http_bench
+
+evaluate: install  ## quality report of the shipped model on BANKING77 (writes models/default/report)
+	$(BIN)/qsim evaluate --model models/default --corpus data/banking77/train.csv \
+	    --queries data/banking77/test.csv --text-column text --label-column category \
+	    --out models/default/report
+
+calibrate-default: install  ## choose the shipped model's threshold on its BANKING77 validation rows (stored in config.json)
+	$(BIN)/qsim calibrate --model models/default --corpus data/banking77/train.csv --text-column text \
+	    --label-column category
+
+train-default: install  ## retrain the shipped default model (the command in models/default/MODEL_CARD.md)
+	$(BIN)/qsim train --corpus data/banking77/train.csv --text-column text \
+	    --config models/default.train.json --out models/default --seed 13
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .hypothesis
