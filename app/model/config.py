@@ -57,6 +57,14 @@ class TrainingConfig(_Strict):
         1.0, ge=0, description="collapse is checked once beta has been annealed for this many epochs"
     )
     active_unit_threshold: float = Field(0.01, gt=0)
+    label_weight: float = Field(
+        1.0, ge=0, description="weight of the prototype classification term when the corpus has labels (0: ignore them)"
+    )
+    label_temperature: float = Field(0.1, gt=0, description="softmax temperature of code-to-prototype distances")
+    teacher: Literal["none", "minilm"] = Field("none", description="sentence-transformer to distil similarities from")
+    teacher_weight: float = Field(1.0, ge=0)
+    teacher_temperature: float = Field(0.05, gt=0, description="softmax temperature of the teacher's cosines")
+    student_temperature: float = Field(0.1, gt=0, description="softmax temperature of the latent distances")
 
 
 class SamplingConfig(_Strict):

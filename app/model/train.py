@@ -21,6 +21,8 @@ from tqdm import tqdm
 from app.model.artifact import TRAIN_STATE_FILE, ArtifactWriter
 from app.model.config import ModelSettings, TrainingConfig
 from app.model.data import Corpus
+from app.model.objectives import LatentObjectives, label_indices
+from app.model.teacher import teacher_embeddings
 from app.model.tokenizer import Tokenizer
 from app.model.vae import Batch, SequenceVAE
 
@@ -44,6 +46,9 @@ class EpochMetrics:
     val_perplexity: float
     active_units: int
     wall_seconds: float
+    train_supervised: float = 0.0
+    val_supervised: float = 0.0
+    val_label_accuracy: float | None = None
 
 
 @dataclass
@@ -149,14 +154,16 @@ class Trainer:
         lengths = np.array([len(x) for x in ids])
         torch.manual_seed(self.seed)
         model = SequenceVAE(tokenizer.vocab_size, self.settings.architecture)
+        objectives = self._objectives(model)
         optimizer = torch.optim.Adam(
-            model.parameters(), lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay
+            [*model.parameters(), *objectives.parameters()], lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay
         )
         history: list[EpochMetrics] = []
         best_loss, best_epoch, stale, first_epoch = math.inf, 0, 0, 1
         elapsed_before = 0.0
         if state is not None:
             model.load_state_dict(state["model"])
+            objectives.load_state_dict(state.get("objectives", {}), strict=False)
             optimizer.load_state_dict(state["optimizer"])
             history = [EpochMetrics(**m) for m in state["history"]]
             best_loss, best_epoch, stale = state["best_loss"], state["best_epoch"], state["stale"]
@@ -169,8 +176,8 @@ class Trainer:
         check_collapse_from = annealing_done_at(self.cfg.epochs, self.cfg) + self.cfg.collapse_after_epochs
         for epoch in range(first_epoch, self.cfg.epochs + 1):
             epoch_started = time.perf_counter()
-            train_stats = self._train_epoch(model, optimizer, ids, lengths, train_idx, epoch)
-            val = self._evaluate(model, ids, val_idx, epoch)
+            train_stats = self._train_epoch(model, objectives, optimizer, ids, lengths, train_idx, epoch)
+            val = self._evaluate(model, objectives, ids, val_idx, epoch)
             metrics = EpochMetrics(
                 epoch=epoch,
                 beta=train_stats["beta"],
@@ -183,12 +190,17 @@ class Trainer:
                 val_perplexity=val["perplexity"],
                 active_units=val["active_units"],
                 wall_seconds=round(time.perf_counter() - epoch_started, 3),
+                train_supervised=train_stats["supervised"],
+                val_supervised=val["supervised"],
+                val_label_accuracy=val["label_accuracy"],
             )
             history.append(metrics)
             self.log(
                 f"epoch {epoch}: loss {metrics.train_loss:.3f} | val loss {metrics.val_loss:.3f} "
                 f"reconstruction {metrics.val_reconstruction:.3f} KL {metrics.val_kl:.3f} "
                 f"active units {metrics.active_units}/{self.settings.architecture.latent_dim} beta {metrics.beta:.3f}"
+                + (f" | supervised {metrics.val_supervised:.3f}" if objectives.active else "")
+                + (f" label accuracy {metrics.val_label_accuracy:.3f}" if metrics.val_label_accuracy is not None else "")
             )
             if metrics.val_loss < best_loss:
                 best_loss, best_epoch, stale = metrics.val_loss, epoch, 0
@@ -208,6 +220,7 @@ class Trainer:
                 {
                     "epoch": epoch,
                     "model": model.state_dict(),
+                    "objectives": objectives.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "history": [asdict(m) for m in history],
                     "best_loss": best_loss,
@@ -233,14 +246,37 @@ class Trainer:
             return "posterior collapse: no active latent units"
         return None
 
-    def _train_epoch(self, model, optimizer, ids, lengths, train_idx, epoch) -> dict:
+    def _objectives(self, model: SequenceVAE) -> LatentObjectives:
+        labels, names = (None, [])
+        if self.corpus.labels is not None and self.cfg.label_weight > 0:
+            labels, names = label_indices(self.corpus.labels)
+            self.log(f"supervision: {len(names)} categories from column {self.corpus.label_column!r}")
+        teacher = None
+        if self.cfg.teacher != "none" and self.cfg.teacher_weight > 0:
+            self.log(f"supervision: distilling similarities from {self.cfg.teacher} (computed once, here)")
+            teacher = teacher_embeddings(self.cfg.teacher, self.corpus.texts)
+        return LatentObjectives(
+            metric=model.metric,
+            latent_dim=self.settings.architecture.latent_dim,
+            labels=labels,
+            num_classes=len(names),
+            label_weight=self.cfg.label_weight,
+            label_temperature=self.cfg.label_temperature,
+            teacher=teacher,
+            teacher_weight=self.cfg.teacher_weight,
+            teacher_temperature=self.cfg.teacher_temperature,
+            student_temperature=self.cfg.student_temperature,
+            seed=self.seed,
+        )
+
+    def _train_epoch(self, model, objectives, optimizer, ids, lengths, train_idx, epoch) -> dict:
         model.train()
         seed = _epoch_seed(self.seed, epoch)
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
         generator = torch.Generator().manual_seed(seed)
         batches = _batches(lengths[train_idx], self.cfg.batch_size, rng)
-        totals = {"loss": 0.0, "reconstruction": 0.0, "kl": 0.0}
+        totals = {"loss": 0.0, "reconstruction": 0.0, "kl": 0.0, "supervised": 0.0}
         seen = 0
         beta = 0.0
         bar = tqdm(batches, desc=f"epoch {epoch}/{self.cfg.epochs}", disable=not self.progress, leave=False)
@@ -250,24 +286,26 @@ class Trainer:
             beta = beta_at(epoch - 1 + step / len(batches), self.cfg.epochs, self.cfg)
             out = model(batch, rng, self.cfg.word_dropout, self.cfg.free_bits, generator)
             reconstruction = out.reconstruction.mean()
-            loss = reconstruction + beta * out.kl_penalty
+            supervised, _ = objectives.loss(out.codes, out.posterior.mean, rows)
+            loss = reconstruction + beta * out.kl_penalty + supervised
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
             optimizer.step()
             n = len(rows)
             seen += n
-            totals["loss"] += (reconstruction.item() + beta * out.kl.mean().item()) * n
+            totals["loss"] += (reconstruction.item() + beta * out.kl.mean().item() + supervised.item()) * n
+            totals["supervised"] += supervised.item() * n
             totals["reconstruction"] += reconstruction.item() * n
             totals["kl"] += out.kl.mean().item() * n
             bar.set_postfix(loss=f"{totals['loss'] / seen:.3f}", kl=f"{totals['kl'] / seen:.2f}")
         return {k: v / max(seen, 1) for k, v in totals.items()} | {"beta": beta}
 
     @torch.inference_mode()
-    def _evaluate(self, model, ids, val_idx, epoch) -> dict:
+    def _evaluate(self, model, objectives, ids, val_idx, epoch) -> dict:
         model.eval()
         rng = np.random.default_rng([self.seed, 0xE7A1])
-        reconstruction = kl = tokens = 0.0
+        reconstruction = kl = tokens = supervised = correct = 0.0
         means = []
         for start in range(0, len(val_idx), 256):
             rows = val_idx[start : start + 256]
@@ -276,11 +314,16 @@ class Trainer:
             reconstruction += out.reconstruction.sum().item()
             kl += out.kl.sum().item()
             tokens += out.target_tokens.sum().item()
+            batch_supervised, stats = objectives.loss(out.codes, out.posterior.mean, rows)
+            supervised += batch_supervised.item() * len(rows)
+            correct += stats.get("label_accuracy", 0.0) * len(rows)
             means.append(out.posterior.mean.numpy())
         n = len(val_idx)
         beta = self.cfg.beta
         return {
-            "loss": (reconstruction + beta * kl) / n,
+            "loss": (reconstruction + beta * kl + supervised) / n,
+            "supervised": supervised / n,
+            "label_accuracy": correct / n if objectives.classifier is not None else None,
             "reconstruction": reconstruction / n,
             "kl": kl / n,
             "perplexity": math.exp(reconstruction / max(tokens, 1)),

@@ -58,6 +58,7 @@ class VAEOutput:
     kl_penalty: torch.Tensor  # scalar, free bits applied
     kl: torch.Tensor  # (B,) nats per question
     target_tokens: torch.Tensor  # (B,) tokens predicted per question, EOS included
+    codes: torch.Tensor  # (B, D) the sampled code the decoder was conditioned on
 
 
 class SequenceVAE(nn.Module):
@@ -108,4 +109,4 @@ class SequenceVAE(nn.Module):
         logits = self.decoder(inputs, z)  # (B, T+1, V)
         token_nll = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=PAD_ID, reduction="none")
         kl_penalty, kl = self.latent.kl_penalty(posterior, free_bits)
-        return VAEOutput(posterior, token_nll.sum(1), kl_penalty, kl, (targets != PAD_ID).sum(1))
+        return VAEOutput(posterior, token_nll.sum(1), kl_penalty, kl, (targets != PAD_ID).sum(1), z)

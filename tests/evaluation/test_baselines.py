@@ -56,12 +56,14 @@ def test_make_baselines_skips_on_request_and_refuses_unknown_names():
 
 
 def test_minilm_is_skipped_with_a_note_when_not_installed(monkeypatch):
-    import app.evaluation.baselines as baselines
+    import importlib.util
+
+    import app.model.teacher as teacher
 
     # The environment without the optional package (its import is what find_spec answers for).
-    real_find_spec = baselines.importlib.util.find_spec
+    real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        baselines.importlib.util, "find_spec", lambda name: None if name == baselines.MINILM_PACKAGE else real_find_spec(name)
+        importlib.util, "find_spec", lambda name: None if name == teacher.MINILM_PACKAGE else real_find_spec(name)
     )
     chosen, skipped = make_baselines()
     assert not any(isinstance(b, MiniLMBaseline) for b in chosen)

@@ -75,7 +75,7 @@ def test_metrics_log_each_epoch_with_kl_and_active_units(tiny_model_dir, tiny_se
 def test_collapse_is_detected_reported_and_stops_training(tiny_corpus_file, tiny_settings, tmp_path):
     settings = settings_with(
         tiny_settings, epochs=8, beta=40.0, free_bits=0.0, kl_schedule="constant",
-        collapse_after_epochs=0.0, collapse_kl=0.05, patience=20,
+        collapse_after_epochs=0.0, collapse_kl=0.05, patience=20, label_weight=0.0,
     )
     with pytest.warns(CollapseWarning, match="posterior collapse"):
         result = train(tiny_corpus_file, tmp_path / "collapsed", settings)
@@ -87,6 +87,7 @@ def test_collapse_is_detected_reported_and_stops_training(tiny_corpus_file, tiny
 def test_free_bits_keep_the_kl_away_from_zero_under_the_same_pressure(tiny_corpus_file, tiny_settings, tmp_path):
     settings = settings_with(
         tiny_settings, epochs=3, beta=40.0, free_bits=0.5, kl_schedule="constant", collapse_after_epochs=0.0,
+        label_weight=0.0,
     )
     with pytest.warns(CollapseWarning):  # the free nats go to variance, not to means that vary
         result = train(tiny_corpus_file, tmp_path / "free_bits", settings)

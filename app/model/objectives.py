@@ -1,0 +1,138 @@
+"""Training objectives on the latent beyond the VAE's own loss.
+
+Reconstruction rewards surface form (a question's first words), not meaning, so an unsupervised
+latent is weak at similarity. When the desk has more than text, these terms shape the latent
+directly, in the same distance the index uses (Euclidean for the Gaussian latent, cosine for vMF):
+
+- labels (`qsim train --label-column`): a prototype classifier. Each category has a learned point
+  in latent space and a code is classified by its distance to every prototype, so codes of one
+  category gather around one point and different categories move apart. It is applied to the
+  sampled code, not only the mean, because the service compares samples.
+- teacher (`training.teacher = "minilm"`): relational distillation. For each question in a batch,
+  the teacher's similarities to the other questions (a softmax over the batch) are the target for
+  the student's latent distances. The teacher runs once over the corpus at training time and
+  never at serving time.
+
+Shapes: B = batch, D = latent dimension, C = categories, E = teacher embedding size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def pairwise_distance(a: torch.Tensor, b: torch.Tensor, metric: str) -> torch.Tensor:
+    """(A, D), (B, D) -> (A, B): squared Euclidean for "l2", 1 - cosine for "cosine"."""
+    if metric == "cosine":
+        return 1.0 - F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
+    return (a.pow(2).sum(-1, keepdim=True) - 2.0 * a @ b.T + b.pow(2).sum(-1)[None, :]).clamp(min=0.0)
+
+
+class PrototypeClassifier(nn.Module):
+    """Cross-entropy of softmax(-distance(code, prototype_c) / temperature) against the label."""
+
+    def __init__(self, num_classes: int, latent_dim: int, metric: str, temperature: float, seed: int):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        start = torch.randn(num_classes, latent_dim, generator=generator)
+        if metric == "cosine":
+            start = F.normalize(start, dim=-1)
+        else:
+            start = start * 0.5
+        self.prototypes = nn.Parameter(start)
+        self.metric = metric
+        self.temperature = temperature
+
+    def forward(self, codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """codes (B, D), labels (B,) class indices -> mean cross-entropy (scalar)."""
+        logits = -pairwise_distance(codes, self.prototypes, self.metric) / self.temperature
+        return F.cross_entropy(logits, labels)
+
+    @torch.no_grad()
+    def accuracy(self, codes: torch.Tensor, labels: torch.Tensor) -> float:
+        nearest = pairwise_distance(codes, self.prototypes, self.metric).argmin(-1)
+        return float((nearest == labels).float().mean())
+
+
+def relational_distillation(
+    student: torch.Tensor, teacher: torch.Tensor, metric: str, student_temperature: float, teacher_temperature: float
+) -> torch.Tensor:
+    """student (B, D) latent means, teacher (B, E) unit embeddings -> mean KL(teacher || student)
+    over each row's distribution on the other B - 1 questions of the batch."""
+    batch = student.size(0)
+    off_diagonal = ~torch.eye(batch, dtype=torch.bool, device=student.device)
+    teacher_logits = (teacher @ teacher.T / teacher_temperature)[off_diagonal].view(batch, batch - 1)
+    student_logits = (-pairwise_distance(student, student, metric) / student_temperature)[off_diagonal].view(
+        batch, batch - 1
+    )
+    return F.kl_div(
+        F.log_softmax(student_logits, -1), F.log_softmax(teacher_logits, -1), log_target=True, reduction="batchmean"
+    )
+
+
+def label_indices(labels: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Category names -> (index per question, sorted category names)."""
+    names = sorted(set(labels))
+    position = {name: i for i, name in enumerate(names)}
+    return np.array([position[label] for label in labels], dtype=np.int64), names
+
+
+class LatentObjectives(nn.Module):
+    """The supervised terms a training run uses, given what its corpus carries.
+
+    `loss(codes, means, rows)` -> (weighted sum, scalar; per-term values for the log), where `rows`
+    are the questions' corpus indices. Holds the learnable prototypes (trained with the model, not
+    part of the served artifact) and the teacher's embeddings.
+    """
+
+    def __init__(
+        self,
+        *,
+        metric: str,
+        latent_dim: int,
+        labels: np.ndarray | None,
+        num_classes: int,
+        label_weight: float,
+        label_temperature: float,
+        teacher: np.ndarray | None,
+        teacher_weight: float,
+        teacher_temperature: float,
+        student_temperature: float,
+        seed: int,
+    ):
+        super().__init__()
+        self.metric = metric
+        self.label_weight = label_weight if labels is not None else 0.0
+        self.labels = torch.as_tensor(labels) if labels is not None else None
+        self.classifier = (
+            PrototypeClassifier(num_classes, latent_dim, metric, label_temperature, seed) if self.label_weight > 0 else None
+        )
+        self.teacher_weight = teacher_weight if teacher is not None else 0.0
+        self.teacher = torch.as_tensor(teacher) if teacher is not None else None
+        self.teacher_temperature = teacher_temperature
+        self.student_temperature = student_temperature
+
+    @property
+    def active(self) -> bool:
+        return self.classifier is not None or self.teacher_weight > 0
+
+    def loss(self, codes: torch.Tensor, means: torch.Tensor, rows: np.ndarray) -> tuple[torch.Tensor, dict]:
+        total = codes.new_zeros(())
+        stats: dict[str, float] = {}
+        index = torch.as_tensor(rows)
+        if self.classifier is not None:
+            labels = self.labels[index]
+            label_loss = 0.5 * (self.classifier(codes, labels) + self.classifier(means, labels))
+            total = total + self.label_weight * label_loss
+            stats["label_loss"] = float(label_loss.detach())
+            stats["label_accuracy"] = self.classifier.accuracy(means, labels)
+        if self.teacher_weight > 0 and len(rows) > 2:
+            distill = relational_distillation(
+                means, self.teacher[index], self.metric, self.student_temperature, self.teacher_temperature
+            )
+            total = total + self.teacher_weight * distill
+            stats["teacher_loss"] = float(distill.detach())
+        return total, stats
