@@ -37,7 +37,9 @@ class Runtime:
             name="search-batcher",
             on_batch=metrics.search_batch_size.observe,
         )
-        self.questions = QuestionService(self.db, self.engine, self.batcher, settings.search_timeout_seconds)
+        self.questions = QuestionService(
+            self.db, self.engine, self.batcher, settings.search_timeout_seconds, settings.load_wait_seconds
+        )
         self.jobs = JobManager(self.db, self.engine, on_finish=lambda status: metrics.reindex_jobs.labels(status).inc())
         self.load_error: str | None = None
         self._stopping = threading.Event()

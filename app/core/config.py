@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     max_bulk_questions: int = Field(1000, description="questions per POST /questions/bulk")
     max_limit: int = 100
     search_timeout_seconds: float = Field(10.0, description="a queued search not answered by then gets 503")
+    load_wait_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="a search that reaches a worker still loading its index waits this long for it before a 503; "
+        "with several workers, the readiness probe answers from whichever worker it reaches",
+    )
     shutdown_grace_seconds: float = Field(10.0, description="how long shutdown waits for a running reindex")
     access_log: bool = Field(True, description="uvicorn access log lines")
 

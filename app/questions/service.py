@@ -6,6 +6,8 @@ index has applied that change, so a question is searchable as soon as the call r
 
 from __future__ import annotations
 
+import asyncio
+
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,24 +56,32 @@ class QuestionService:
         engine: SimilarityEngine,
         batcher: MicroBatcher[SearchQuery, SearchAnswer],
         search_timeout_seconds: float,
+        load_wait_seconds: float = 0.0,
     ):
         self.db = database
         self.engine = engine
         self.batcher = batcher
         self.search_timeout = search_timeout_seconds
+        self.load_wait = load_wait_seconds
 
     # ------------------------------------------------------------------ search
 
     def similar(self, query: SearchQuery) -> SearchAnswer:
         """One question, micro-batched with whatever else is being asked right now."""
+        if not self.engine.loaded:
+            self.engine.wait_until_loaded(self.load_wait)
         return self.batcher.submit(query, timeout=self.search_timeout)
 
     async def similar_async(self, query: SearchQuery) -> SearchAnswer:
         """The same, awaited on the event loop (no thread held while the batch runs)."""
+        if not self.engine.loaded:
+            await asyncio.to_thread(self.engine.wait_until_loaded, self.load_wait)
         return await self.batcher.submit_async(query, timeout=self.search_timeout)
 
     def similar_many(self, queries: Sequence[SearchQuery]) -> list[SearchAnswer]:
         """Many questions: already a batch, answered in one pass."""
+        if not self.engine.loaded:
+            self.engine.wait_until_loaded(self.load_wait)
         answers = self.engine.search(queries)
         for answer in answers:
             if isinstance(answer, Exception):

@@ -111,6 +111,7 @@ class SimilarityEngine:
         self.db = database
         self.settings = settings
         self._state: SearchState | None = None
+        self._live = threading.Event()
         self._sync_lock = threading.RLock()
         self._save_lock = threading.Lock()
         self._last_freshness_check = -math.inf
@@ -128,6 +129,14 @@ class SimilarityEngine:
     @property
     def loaded(self) -> bool:
         return self._state is not None
+
+    def wait_until_loaded(self, timeout: float) -> bool:
+        """Blocks until an index is live (at most `timeout` seconds); True when it is."""
+        return self._live.wait(timeout)
+
+    def _go_live(self, state: SearchState) -> None:
+        self._state = state
+        self._live.set()
 
     def database_id(self) -> str:
         """A random id stored in the database on first use: a saved index is only reused with the
@@ -196,7 +205,7 @@ class SimilarityEngine:
         else:
             self._catch_up(state)
             self._reconcile(state)
-        self._state = state
+        self._go_live(state)
         logger.info(
             "ready: model %s (%s), %d questions, revision %d, %.1f s",
             encoder.name, encoder.model_id, len(state.index), state.revision, time.perf_counter() - started,
@@ -385,13 +394,13 @@ class SimilarityEngine:
     def adopt(self, state: SearchState) -> None:
         """Makes `state` live (offline use: nothing else is serving)."""
         with self._sync_lock:
-            self._state = state
+            self._go_live(state)
 
     def swap(self, new_state: SearchState) -> None:
         """Makes `new_state` live after replaying the changes made while it was built."""
         with self._sync_lock:
             self._catch_up(new_state)
-            self._state = new_state
+            self._go_live(new_state)
 
     # ------------------------------------------------------------------------------ reindex
 

@@ -3,6 +3,8 @@ database; a damaged or foreign index is rebuilt."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -131,4 +133,51 @@ def test_an_approximate_kind_can_be_chosen_and_a_change_of_kind_rebuilds(setting
     try:
         assert client.get("/readyz").json()["index_kind"] == "exact"
     finally:
+        stop(client)
+
+
+def test_a_search_that_arrives_while_the_index_loads_waits_for_it(settings, first_run, monkeypatch):
+    """With several workers the readiness probe answers from one of them; a search that reaches
+    another still loading its index is answered once it has loaded, not refused."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    real_load = SimilarityEngine.start
+
+    def slow_load(self, *args, **kwargs):
+        time.sleep(1.0)
+        return real_load(self, *args, **kwargs)
+
+    monkeypatch.setattr(SimilarityEngine, "start", slow_load)
+    client = TestClient(create_app(settings))
+    client.__enter__()
+    try:
+        assert client.get("/readyz").status_code == 503
+        assert found(client, first_run[0]["text"])[0] == first_run[0]["id"]
+    finally:
+        stop(client)
+
+
+def test_a_search_gets_503_when_the_index_is_not_loaded_within_the_wait(settings, first_run, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    release = threading.Event()
+    real_load = SimilarityEngine.start
+
+    def stuck_load(self, *args, **kwargs):
+        release.wait(30)
+        return real_load(self, *args, **kwargs)
+
+    monkeypatch.setattr(SimilarityEngine, "start", stuck_load)
+    client = TestClient(create_app(settings.model_copy(update={"load_wait_seconds": 0.2})))
+    client.__enter__()
+    try:
+        response = client.post("/questions/similar", json={"question": first_run[0]["text"]})
+        assert response.status_code == 503
+        assert "loading" in response.json()["detail"]
+    finally:
+        release.set()
         stop(client)
