@@ -10,7 +10,7 @@ TORCH_PIP_ARGS ?=
 EXTRAS ?= cpu,eval,dev
 
 .PHONY: help install run serve test test-long test-postgres lint bench bench-index bench-encoder bench-http \
-        evaluate train-default calibrate-default clean
+        evaluate train-default calibrate-default model-variants clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -20,6 +20,10 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0 $(TORCH_PIP_ARGS)
 	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+$(BIN)/.teacher: $(BIN)/.installed
+	$(BIN)/pip install -q -e ".[$(EXTRAS),teacher]"
 	touch $@
 
 install: $(BIN)/.installed  ## create .venv and install qsim with its CPU, eval and dev extras
@@ -43,13 +47,13 @@ bench: bench-index bench-encoder bench-http  ## all benchmarks; each prints a ta
 bench-index: install  ## exact/approximate index at 10k, 100k, 1M questions
 	$(BIN)/python -m bench.index_bench
 
-bench-encoder: install  ## encoder throughput and latency against MiniLM
+bench-encoder: $(BIN)/.teacher  ## encoder throughput and latency against MiniLM
 	$(BIN)/python -m bench.encoder_bench
 
 bench-http: install  ## HTTP latency and throughput against a running service
 	$(BIN)/python -m bench.http_bench
 
-evaluate: install  ## quality report of the shipped model on BANKING77 (writes models/default/report)
+evaluate: $(BIN)/.teacher  ## quality report of the shipped model on BANKING77 (writes models/default/report)
 	$(BIN)/qsim evaluate --model models/default --corpus data/banking77/train.csv \
 	    --queries data/banking77/test.csv --text-column text --label-column category \
 	    --out models/default/report
@@ -59,8 +63,11 @@ calibrate-default: install  ## choose the shipped model's threshold on its BANKI
 	    --label-column category
 
 train-default: install  ## retrain the shipped default model (the command in models/default/MODEL_CARD.md)
-	$(BIN)/qsim train --corpus data/banking77/train.csv --text-column text \
+	$(BIN)/qsim train --corpus data/banking77/train.csv --text-column text --label-column category \
 	    --config models/default.train.json --out models/default --seed 13
+
+model-variants: install  ## the encoder/latent comparison table of models/README.md (held-out validation rows)
+	$(BIN)/python -m bench.model_variants --epochs 4 --labels
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis
