@@ -52,8 +52,11 @@ class Runtime:
         """Checks the schema and loads the model now (a broken model stops the start with its
         error); loads or builds the index in the background while /healthz already answers."""
         import torch
+        from threadpoolctl import threadpool_limits
 
+        # BLAS pools (numpy's GEMM in the index) spin on cores the event loop and the encoder need.
         torch.set_num_threads(self.settings.torch_threads)
+        threadpool_limits(self.settings.torch_threads, user_api="blas")
         check_schema(self.db.engine)
         encoder = self.engine.load_encoder(self.engine.configured_model_dir())
         self.jobs.fail_orphans()

@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         1,
         ge=1,
-        description="torch intra-op threads while serving; the service gets its parallelism from batching, and "
+        description="torch intra-op (and BLAS) threads while serving; the service gets its parallelism from batching, and "
         "OpenMP threads that spin-wait on a busy machine make encoding an order of magnitude slower",
     )
     # Approximate index kinds only (SimilarityIndex keywords nlist, nprobe, hnsw_m, ef_search)

@@ -26,7 +26,7 @@ from app.search.approximate import KINDS, ApproximateIndex, ApproximateSpec
 from app.search.bounds import MAX_ABS_CODE, FloatErrorModel, SearchGeometry
 from app.search.engine import Rule, collect
 from app.search.merging import MergePolicy
-from app.search.partition import Partition, PartitionPlan
+from app.search.partition import Balls, Partition, PartitionPlan
 from app.search.reference import METRICS, Match
 from app.search.segment import Segment, SegmentView
 from app.search.sources import (
@@ -46,9 +46,12 @@ log = logging.getLogger(__name__)
 STRATEGIES: tuple[str, ...] = ("auto", "blocks", "knn")
 # Batched exact searches: queries per GEMM scan, and when a segment is scanned densely.
 DENSE_BATCH_QUERIES = 16
-DENSE_MIN_QUERIES = 8
 DENSE_MIN_QUESTIONS = 4096
+# A GEMM scan pays off when the blocks would be read anyway: for a batch when half of the segment
+# would be, for a lone query (no GEMM batching to gain) only when nearly all of it would be.
 DENSE_MIN_READ_FRACTION = 0.5
+DENSE_MIN_READ_FRACTION_SINGLE = 0.9
+DENSE_MIN_QUERIES = 8
 # Queries whose first k-NN round shares one GPU call.
 GPU_BATCH_QUERIES = 256
 
@@ -209,7 +212,7 @@ class SimilarityIndex:
         for start in range(0, nq, chunk_size):
             chunk = prepared[start : start + chunk_size]
             first_rounds = self._batched_first_rounds(snapshot, chunk, rule)
-            dense = self._dense_bounds(snapshot, chunk)
+            dense = self._dense_bounds(snapshot, chunk, rule)
             for i, query in enumerate(chunk):
                 best: list[Match] = []
                 for view in snapshot.views:
@@ -223,31 +226,42 @@ class SimilarityIndex:
                 results.append(best)
         return results
 
-    def _dense_bounds(self, snapshot: Snapshot, chunk: list[PreparedQuery]) -> dict[str, np.ndarray]:
-        """For a batch, segments the ball partition cannot prune are scanned once for all queries by
-        GEMM (4x the arithmetic rate of per-query SIMD scans here) instead of block by block."""
-        if self.strategy != "blocks" or len(chunk) < DENSE_MIN_QUERIES:
+    def _dense_bounds(self, snapshot: Snapshot, chunk: list[PreparedQuery], rule: Rule) -> dict[str, np.ndarray]:
+        """Segments the ball partition cannot prune well are scanned once for all queries of the batch
+        by GEMM (4x the arithmetic rate of per-query SIMD scans here) instead of block by block."""
+        if self.strategy != "blocks":
             return {}
+        min_share = DENSE_MIN_READ_FRACTION if len(chunk) >= DENSE_MIN_QUERIES else DENSE_MIN_READ_FRACTION_SINGLE
+        reach = 0.0 if rule.everything_qualifies else self._geometry.search_radius(rule.threshold)
         dense = {}
         for view in snapshot.views:
             segment = view.segment
             if segment.approximate is not None or segment.size < DENSE_MIN_QUESTIONS:
                 continue
-            if self._unavoidable_share(segment, chunk) >= DENSE_MIN_READ_FRACTION:
+            if self._read_share(segment, chunk, reach, min_share) >= min_share:
                 dense[segment.name] = dense_question_bounds(segment, chunk, self._geometry, self._errors)
         return dense
 
-    def _unavoidable_share(self, segment: Segment, chunk: list[PreparedQuery]) -> float:
-        """The mean share of the segment's questions that a query must read whatever its threshold
-        and limit: those in blocks whose ball it lies inside (bound 0). Noise-dominated codes put a
-        query inside nearly every ball; well-separated codes inside a handful."""
+    def _read_share(self, segment: Segment, chunk: list[PreparedQuery], reach: float, min_share: float) -> float:
+        """The mean share of the segment's questions a query must read: those in blocks whose lower
+        bound is within `reach` (the threshold's search radius; 0 when every question qualifies and
+        only the limit prunes). Well-separated codes read a few blocks; a threshold wide compared
+        with the spread of the data reads most of them. The ~sqrt(blocks) group balls answer first
+        (an upper estimate); only when they reach `min_share` of the segment are all block balls
+        bounded, in one GEMM."""
         partition = segment.partition
-        sizes = np.diff(partition.offsets)
-        shares = []
-        for query in chunk:
-            distances = partition.block_lower_bounds(query.search, query.norms, self._errors, 0.0)
-            shares.append(sizes[distances.min(axis=0) <= 0.0].sum() / segment.size)
-        return float(np.mean(shares))
+        stacked = np.concatenate([q.search for q in chunk])
+        norms = np.concatenate([q.norms for q in chunk])
+
+        def share(balls: Balls, sizes: np.ndarray) -> float:
+            bounds = balls.lower_bounds(stacked, norms, self._errors)  # (queries x Kq, balls)
+            nearest = bounds.reshape(len(chunk), -1, bounds.shape[1]).min(axis=1)
+            return float(((nearest <= reach) @ sizes).mean() / segment.size)
+
+        group_sizes = np.diff(partition.offsets[partition.group_offsets])
+        if share(partition.groups, group_sizes) < min_share:
+            return 0.0
+        return share(partition.blocks, np.diff(partition.offsets))
 
     def _first_k(self, rule: Rule, max_k: int) -> int:
         return min(max_k, max(256, 4 * rule.limit * self.samples_per_item))

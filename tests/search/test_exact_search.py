@@ -108,3 +108,24 @@ def test_empty_index_and_empty_batches():
     assert index.search(np.zeros((2, 2, 3), dtype=np.float32), threshold=math.inf) == [[], []]
     index.add(np.array([1]), np.zeros((1, 2, 3), dtype=np.float32))
     assert index.search(np.zeros((0, 2, 3), dtype=np.float32), threshold=1.0) == []
+
+
+def test_a_lone_query_whose_threshold_reaches_the_whole_segment_is_scanned_densely():
+    """A wide threshold (compared with the spread of the codes) would read every block one by one;
+    one GEMM scan does it faster, with the same exact answer. A narrow one keeps the blocks."""
+    from app.search import index as index_module
+
+    rng = np.random.default_rng(5)
+    ids = np.arange(1, 6001, dtype=np.int64)
+    centres = rng.standard_normal((120, 16)) * 10.0  # 120 tight clusters of 50 questions
+    codes = (np.repeat(centres, 50, axis=0)[:, None, :] + rng.standard_normal((6000, 5, 16)) * 0.1).astype(np.float32)
+    query = (centres[7] + rng.standard_normal((1, 5, 16)) * 0.1).astype(np.float32)
+    index = SimilarityIndex(16, 5, model_id="dense-test", strategy="blocks", background_merges=False)
+    index.add(ids, codes)
+    with patch.object(index_module, "dense_question_bounds", wraps=index_module.dense_question_bounds) as dense:
+        wide = index.search(query, threshold=200.0, min_pairs=3, limit=10)
+        assert dense.call_count == 1
+        narrow = index.search(query, threshold=1.0, min_pairs=1, limit=10)
+        assert dense.call_count == 1
+    assert wide[0] == brute_force_search(query[0], ids, codes, threshold=200.0, min_pairs=3, limit=10, metric="l2")
+    assert narrow[0] == brute_force_search(query[0], ids, codes, threshold=1.0, min_pairs=1, limit=10, metric="l2")
