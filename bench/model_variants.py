@@ -29,6 +29,11 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "gru-vmf": ("GRU, vMF latent", {"encoder": "gru", "latent": "vmf"}, {}),
     "bigru-vmf": ("BiGRU, vMF latent", {"encoder": "bigru", "latent": "vmf"}, {}),
     "bow-vmf": ("bag of subwords, vMF latent", {"encoder": "bow", "latent": "vmf"}, {}),
+    "bilstm-vmf-teacher": (
+        "BiLSTM, vMF latent, MiniLM teacher (relational distillation)",
+        {"encoder": "bilstm", "latent": "vmf"},
+        {"teacher": "minilm", "teacher_weight": 10.0},
+    ),
     "bilstm-ae": (
         "BiLSTM plain autoencoder (Gaussian head, no KL term)",
         {"encoder": "bilstm", "latent": "gaussian"},

@@ -50,7 +50,10 @@ def main() -> int:
         database = OUT / f"startup_{size}.db"
         index_dir = OUT / f"startup_{size}_index"
         for leftover in [*OUT.glob(f"startup_{size}.db*"), index_dir]:
-            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            elif leftover.exists():
+                leftover.unlink()
         url = f"sqlite:///{database}"
         started = time.perf_counter()
         fill_database(url, size)

@@ -1,8 +1,9 @@
 """Dynamic micro-batching: concurrent requests share one encoder pass and one index search.
 
 One worker thread takes every request that queued up while it was busy (up to `max_batch`), so
-batches grow with load and a lone request is not held back; `max_wait` optionally holds a batch
-open a little longer for company. The queue is bounded: when it is full, `submit` fails at once
+batches grow with load and a lone request is not held back; `max_wait` holds a batch open a little
+longer for company, but only while requests have been arriving together (the previous batch had
+more than one), so a client asking one question at a time never waits for others. The queue is bounded: when it is full, `submit` fails at once
 with `Overloaded`, which the HTTP layer turns into 503 with Retry-After instead of letting latency
 grow without bound.
 """
@@ -53,6 +54,7 @@ class MicroBatcher(Generic[Item, Result]):
         self._queue: deque[tuple[Item, Future]] = deque()
         self._ready = threading.Condition()
         self._stopping = False
+        self._last_batch_size = 1
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -101,7 +103,7 @@ class MicroBatcher(Generic[Item, Result]):
                 self._ready.wait()
             if not self._queue:
                 return []
-            if self._max_wait > 0 and len(self._queue) < self._max_batch:
+            if self._max_wait > 0 and len(self._queue) < self._max_batch and self._last_batch_size > 1:
                 deadline = time.monotonic() + self._max_wait
                 while len(self._queue) < self._max_batch and not self._stopping:
                     remaining = deadline - time.monotonic()
@@ -113,6 +115,7 @@ class MicroBatcher(Generic[Item, Result]):
                 item, future = self._queue.popleft()
                 if future.set_running_or_notify_cancel():
                     batch.append((item, future))
+            self._last_batch_size = max(1, len(batch))
             return batch
 
     def _run(self) -> None:

@@ -4,6 +4,7 @@ instead of waiting without bound, and the service answers normally again when lo
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -88,3 +89,29 @@ def test_a_stopped_batcher_refuses_new_work():
     batcher.stop()
     with pytest.raises(Overloaded):
         batcher.submit(1)
+
+
+def test_a_lone_caller_is_not_held_back_by_the_batch_wait_but_concurrent_callers_share_batches():
+    seen_batches: list[int] = []
+
+    def process(items):
+        time.sleep(0.02)
+        seen_batches.append(len(items))
+        return list(items)
+
+    batcher = MicroBatcher(process, max_batch=16, max_wait_seconds=0.5, max_queue=100)
+    try:
+        started = time.monotonic()
+        for value in range(3):
+            assert batcher.submit(value, timeout=5) == value
+        assert time.monotonic() - started < 0.5, "one question at a time should never wait for company"
+
+        threads = [threading.Thread(target=batcher.submit, args=(v, 5)) for v in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert max(seen_batches[3:]) > 1
+        assert sum(seen_batches) == 15
+    finally:
+        batcher.stop()
