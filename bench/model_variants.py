@@ -94,7 +94,7 @@ def main() -> None:
     print("| variant | any-of-25 P@1 | any-of-25 MAP@10 | mean code P@1 | mean code MAP@10 | KL (nats) | active units | "
           "val reconstruction | encode q/s | train s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, description, sampled, mean, best, seconds in rows:
+    for _name, description, sampled, mean, best, seconds in rows:
         print(
             f"| {description} | {sampled['precision_at_1']:.3f} | {sampled['map_at_10']:.3f} | {mean['precision_at_1']:.3f} | "
             f"{mean['map_at_10']:.3f} | {best['val_kl']:.2f} | {best['active_units']} | {best['val_reconstruction']:.2f} | "

@@ -38,10 +38,7 @@ class PrototypeClassifier(nn.Module):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         start = torch.randn(num_classes, latent_dim, generator=generator)
-        if metric == "cosine":
-            start = F.normalize(start, dim=-1)
-        else:
-            start = start * 0.5
+        start = F.normalize(start, dim=-1) if metric == "cosine" else start * 0.5
         self.prototypes = nn.Parameter(start)
         self.metric = metric
         self.temperature = temperature

@@ -7,7 +7,6 @@ index has applied that change, so a question is searchable as soon as the call r
 from __future__ import annotations
 
 import asyncio
-
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass

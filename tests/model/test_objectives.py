@@ -8,7 +8,12 @@ import torch
 
 from app.model.data import read_corpus
 from app.model.encoder import QuestionEncoder
-from app.model.objectives import PrototypeClassifier, label_indices, pairwise_distance, relational_distillation
+from app.model.objectives import (
+    PrototypeClassifier,
+    label_indices,
+    pairwise_distance,
+    relational_distillation,
+)
 from app.model.teacher import minilm_available
 from app.model.train import Trainer
 

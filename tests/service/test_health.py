@@ -28,12 +28,12 @@ def test_not_ready_while_the_index_loads_but_alive(settings, monkeypatch):
         return real_start(self, *args, **kwargs)
 
     monkeypatch.setattr(SimilarityEngine, "start", slow_start)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings.model_copy(update={"load_wait_seconds": 0.2}))) as client:
         assert client.get("/healthz").status_code == 200
         loading = client.get("/readyz")
         assert loading.status_code == 503 and "loading" in loading.json()["reasons"][0]
-        search = client.post("/questions/similar", json={"question": "card"})
-        assert search.status_code == 503 and search.headers["retry-after"]
+        search = client.post("/questions/similar", json={"question": "card"})  # waited 0.2 s for the load
+        assert search.status_code == 503 and search.headers["retry-after"] and "loading" in search.json()["detail"]
         created = client.post("/questions", json={"text": "stored while loading"})
         assert created.status_code == 201  # writes need only the database; the load replays them
         release.set()

@@ -3,7 +3,6 @@ database; a damaged or foreign index is rebuilt."""
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -158,26 +157,3 @@ def test_a_search_that_arrives_while_the_index_loads_waits_for_it(settings, firs
     finally:
         stop(client)
 
-
-def test_a_search_gets_503_when_the_index_is_not_loaded_within_the_wait(settings, first_run, monkeypatch):
-    from fastapi.testclient import TestClient
-
-    from app.main import create_app
-
-    release = threading.Event()
-    real_load = SimilarityEngine.start
-
-    def stuck_load(self, *args, **kwargs):
-        release.wait(30)
-        return real_load(self, *args, **kwargs)
-
-    monkeypatch.setattr(SimilarityEngine, "start", stuck_load)
-    client = TestClient(create_app(settings.model_copy(update={"load_wait_seconds": 0.2})))
-    client.__enter__()
-    try:
-        response = client.post("/questions/similar", json={"question": first_run[0]["text"]})
-        assert response.status_code == 503
-        assert "loading" in response.json()["detail"]
-    finally:
-        release.set()
-        stop(client)
