@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 TORCH_PIP_ARGS ?=
 EXTRAS ?= cpu,eval,dev
 
-.PHONY: help install run serve test test-long test-postgres lint bench bench-index bench-encoder bench-http \
+.PHONY: help install run serve test test-long lint bench bench-index bench-encoder bench-http \
         evaluate train-default calibrate-default model-variants clean
 
 help:  ## list targets
@@ -37,7 +37,7 @@ test: install  ## set up and run the test suite (PostgreSQL tests skip when no s
 	$(BIN)/python -m pytest
 
 test-long: install  ## the long reliability variants (soak, many crash trials)
-	QSIM_LONG_TESTS=1 $(BIN)/python -m pytest -m slow
+	QSIM_LONG_TESTS=1 $(BIN)/python -m pytest tests/reliability
 
 lint: install
 	$(BIN)/ruff check app tests bench
