@@ -80,8 +80,8 @@ def label_indices(labels: list[str]) -> tuple[np.ndarray, list[str]]:
 class LatentObjectives(nn.Module):
     """The supervised terms a training run uses, given what its corpus carries.
 
-    `loss(codes, means, rows)` -> (weighted sum, scalar; per-term values for the log), where `rows`
-    are the questions' corpus indices. Holds the learnable prototypes (trained with the model, not
+    `loss(codes, means, rows)` -> the weighted sum of the terms, where `rows` are the questions'
+    corpus indices. Holds the learnable prototypes (trained with the model, not
     part of the served artifact) and the teacher's embeddings.
     """
 
@@ -116,20 +116,23 @@ class LatentObjectives(nn.Module):
     def active(self) -> bool:
         return self.classifier is not None or self.teacher_weight > 0
 
-    def loss(self, codes: torch.Tensor, means: torch.Tensor, rows: np.ndarray) -> tuple[torch.Tensor, dict]:
+    def loss(self, codes: torch.Tensor, means: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+        """The weighted sum of the active terms (scalar; 0 when none is active)."""
         total = codes.new_zeros(())
-        stats: dict[str, float] = {}
         index = torch.as_tensor(rows)
         if self.classifier is not None:
             labels = self.labels[index]
             label_loss = 0.5 * (self.classifier(codes, labels) + self.classifier(means, labels))
             total = total + self.label_weight * label_loss
-            stats["label_loss"] = float(label_loss.detach())
-            stats["label_accuracy"] = self.classifier.accuracy(means, labels)
         if self.teacher_weight > 0 and len(rows) > 2:
             distill = relational_distillation(
                 means, self.teacher[index], self.metric, self.student_temperature, self.teacher_temperature
             )
             total = total + self.teacher_weight * distill
-            stats["teacher_loss"] = float(distill.detach())
-        return total, stats
+        return total
+
+    def label_accuracy(self, means: torch.Tensor, rows: np.ndarray) -> float | None:
+        """Share of `means` whose nearest prototype is their own label's; None without labels."""
+        if self.classifier is None:
+            return None
+        return self.classifier.accuracy(means, self.labels[torch.as_tensor(rows)])

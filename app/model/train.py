@@ -286,7 +286,7 @@ class Trainer:
             beta = beta_at(epoch - 1 + step / len(batches), self.cfg.epochs, self.cfg)
             out = model(batch, rng, self.cfg.word_dropout, self.cfg.free_bits, generator)
             reconstruction = out.reconstruction.mean()
-            supervised, _ = objectives.loss(out.codes, out.posterior.mean, rows)
+            supervised = objectives.loss(out.codes, out.posterior.mean, rows)
             loss = reconstruction + beta * out.kl_penalty + supervised
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -314,9 +314,8 @@ class Trainer:
             reconstruction += out.reconstruction.sum().item()
             kl += out.kl.sum().item()
             tokens += out.target_tokens.sum().item()
-            batch_supervised, stats = objectives.loss(out.codes, out.posterior.mean, rows)
-            supervised += batch_supervised.item() * len(rows)
-            correct += stats.get("label_accuracy", 0.0) * len(rows)
+            supervised += objectives.loss(out.codes, out.posterior.mean, rows).item() * len(rows)
+            correct += (objectives.label_accuracy(out.posterior.mean, rows) or 0.0) * len(rows)
             means.append(out.posterior.mean.numpy())
         n = len(val_idx)
         beta = self.cfg.beta
