@@ -11,7 +11,6 @@ same number of torch threads (the service's default is 1: QSIM_TORCH_THREADS).
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import time
@@ -20,12 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.banking77 import questions
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def questions(n: int) -> list[str]:
-    rows = [row["text"] for row in csv.DictReader((ROOT / "data/banking77/test.csv").open())]
-    return [rows[i % len(rows)] + ("" if i < len(rows) else f" ({i // len(rows)})") for i in range(n)]
 
 
 def bulk_rate(encode, texts: list[str], batch_size: int) -> float:
@@ -64,7 +60,7 @@ def main() -> None:
     from app.model.encoder import QuestionEncoder
     from app.model.teacher import MiniLM, minilm_available
 
-    texts = questions(args.questions)
+    texts = questions("test", args.questions)
     encoder = QuestionEncoder.load(args.model)
     arch = encoder.artifact.settings.architecture
     sampling = encoder.artifact.settings.sampling

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import json
 import os
 import platform
@@ -26,6 +25,8 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from bench import banking77
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
@@ -135,7 +136,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args()
 
-    questions = [row["text"] for row in csv.DictReader((ROOT / "data/banking77/test.csv").open())]
+    questions = banking77.questions("test")
     process = None
     startup: dict[str, float] = {}
     if args.url:

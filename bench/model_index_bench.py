@@ -11,7 +11,6 @@ and in batches of 16 (what the service's micro-batcher forms under load). Encodi
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import time
 from pathlib import Path
@@ -19,13 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.banking77 import questions
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def texts(path: Path, size: int | None = None) -> list[str]:
-    rows = [row["text"] for row in csv.DictReader(path.open())]
-    size = size or len(rows)
-    return [rows[i % len(rows)] + ("" if i < len(rows) else f" (ref {i // len(rows)})") for i in range(size)]
 
 
 def main() -> None:
@@ -45,7 +40,7 @@ def main() -> None:
     threadpool_limits(1, user_api="blas")
     encoder = QuestionEncoder.load(args.model)
     threshold, min_pairs = encoder.default_threshold, encoder.default_min_pairs
-    queries = encoder.sample(texts(ROOT / "data/banking77/test.csv")[: args.queries])
+    queries = encoder.sample(questions("test")[: args.queries])
     print(
         f"model {encoder.name} ({encoder.model_id}), {encoder.metric}, d={encoder.latent_dim}, K={encoder.samples_per_question}; "
         f"rule: {min_pairs} of {encoder.samples_per_question ** 2} pairs within t={threshold:.4f}; load average "
@@ -55,7 +50,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for size in args.sizes:
         started = time.perf_counter()
-        codes = encoder.sample(texts(ROOT / "data/banking77/train.csv", size))
+        codes = encoder.sample(questions("train", size))
         encoded = time.perf_counter() - started
         index = SimilarityIndex(
             encoder.latent_dim, encoder.samples_per_question, metric=encoder.metric, model_id=encoder.model_id,

@@ -11,7 +11,6 @@ every question has its own codes.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import shutil
@@ -19,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.banking77 import questions
 from bench.http_bench import OUT, ROOT, free_port, start_service, stop_service, wait_ready
 
 
@@ -28,14 +28,9 @@ def fill_database(url: str, size: int) -> None:
     from app.questions.importer import import_questions
     from app.questions.repository import NewQuestion
 
-    base = [row["text"] for row in csv.DictReader((ROOT / "data/banking77/train.csv").open())]
     upgrade_to_head(url)
     database = open_database(url)
-    questions = [
-        NewQuestion(text if i < len(base) else f"{text} (ref {i // len(base)})")
-        for i, text in ((i, base[i % len(base)]) for i in range(size))
-    ]
-    import_questions(database, questions, batch_size=5000)
+    import_questions(database, [NewQuestion(text) for text in questions("train", size)], batch_size=5000)
     database.dispose()
 
 
