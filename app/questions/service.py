@@ -65,22 +65,16 @@ class QuestionService:
 
     # ------------------------------------------------------------------ search
 
-    def similar(self, query: SearchQuery) -> SearchAnswer:
-        """One question, micro-batched with whatever else is being asked right now."""
-        if not self.engine.loaded:
-            self.engine.wait_until_loaded(self.load_wait)
-        return self.batcher.submit(query, timeout=self.search_timeout)
-
     async def similar_async(self, query: SearchQuery) -> SearchAnswer:
-        """The same, awaited on the event loop (no thread held while the batch runs)."""
+        """One question, micro-batched with whatever else is being asked right now; awaited on the
+        event loop (no thread held while the batch runs)."""
         if not self.engine.loaded:
             await asyncio.to_thread(self.engine.wait_until_loaded, self.load_wait)
         return await self.batcher.submit_async(query, timeout=self.search_timeout)
 
     def similar_many(self, queries: Sequence[SearchQuery]) -> list[SearchAnswer]:
         """Many questions: already a batch, answered in one pass."""
-        if not self.engine.loaded:
-            self.engine.wait_until_loaded(self.load_wait)
+        self.engine.wait_until_loaded(self.load_wait)  # returns at once when loaded
         answers = self.engine.search(queries)
         for answer in answers:
             if isinstance(answer, Exception):
