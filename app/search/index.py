@@ -238,17 +238,17 @@ class SimilarityIndex:
             segment = view.segment
             if segment.approximate is not None or segment.size < DENSE_MIN_QUESTIONS:
                 continue
-            if self._read_share(segment, chunk, reach, min_share) >= min_share:
+            if self._reads_at_least(segment, chunk, reach, min_share):
                 dense[segment.name] = dense_question_bounds(segment, chunk, self._geometry, self._errors)
         return dense
 
-    def _read_share(self, segment: Segment, chunk: list[PreparedQuery], reach: float, min_share: float) -> float:
-        """The mean share of the segment's questions a query must read: those in blocks whose lower
-        bound is within `reach` (the threshold's search radius; 0 when every question qualifies and
-        only the limit prunes). Well-separated codes read a few blocks; a threshold wide compared
-        with the spread of the data reads most of them. The ~sqrt(blocks) group balls answer first
-        (an upper estimate); only when they reach `min_share` of the segment are all block balls
-        bounded, in one GEMM."""
+    def _reads_at_least(self, segment: Segment, chunk: list[PreparedQuery], reach: float, min_share: float) -> bool:
+        """Whether the queries must read, on average, at least `min_share` of the segment's
+        questions: those in blocks whose lower bound is within `reach` (the threshold's search
+        radius; 0 when every question qualifies and only the limit prunes). Well-separated codes
+        read a few blocks; a threshold wide compared with the spread of the data reads most of them.
+        The ~sqrt(blocks) group balls answer first (an upper estimate); only when they reach
+        `min_share` are all block balls bounded, in one GEMM."""
         partition = segment.partition
         stacked = np.concatenate([q.search for q in chunk])
         norms = np.concatenate([q.norms for q in chunk])
@@ -260,8 +260,8 @@ class SimilarityIndex:
 
         group_sizes = np.diff(partition.offsets[partition.group_offsets])
         if share(partition.groups, group_sizes) < min_share:
-            return 0.0
-        return share(partition.blocks, np.diff(partition.offsets))
+            return False
+        return share(partition.blocks, np.diff(partition.offsets)) >= min_share
 
     def _first_k(self, rule: Rule, max_k: int) -> int:
         return min(max_k, max(256, 4 * rule.limit * self.samples_per_item))
