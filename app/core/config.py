@@ -100,6 +100,12 @@ class Settings(BaseSettings):
         PROJECT_ROOT / "var" / "metrics", description="shared metrics files when several workers serve"
     )
 
+    # Desk page (app/web)
+    map_max_points: int = Field(
+        3000, ge=10, le=100_000,
+        description="GET /questions/map projects at most this many questions (a fixed sample of larger collections)",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _normalise_postgres_driver(cls, url: str) -> str:

@@ -1,0 +1,81 @@
+"""Request and response bodies of the desk page's endpoints."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from app.core.config import get_settings
+from app.questions.schemas import QuestionText, StrictModel
+
+MAX_LIMIT = get_settings().max_limit
+
+
+class Rule(BaseModel):
+    name: str
+    id: str = Field(description="identity of the weights, tokenizer and sampling settings")
+    metric: Literal["l2", "cosine"]
+    samples: int = Field(description="K: codes sampled per question")
+    threshold: float = Field(description="the model's calibrated pair distance threshold t")
+    min_pairs: int = Field(description="the model's calibrated pairs within t needed for a match")
+    pairs: int = Field(description="K x K: the pairs compared per stored question")
+
+
+class ExplainRequest(StrictModel):
+    question: QuestionText
+    ids: list[int] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_LIMIT,
+        description="stored questions to explain; null: the `limit` nearest by closest pair",
+    )
+    limit: int = Field(25, ge=1, le=MAX_LIMIT, description="how many nearest questions when ids is null")
+
+
+class ExplainedQuestion(BaseModel):
+    id: int
+    text: str
+    external_id: str | None
+    answer: str | None
+    metadata: dict[str, Any] | None
+    distance: float = Field(description="the smallest of the K x K pair distances")
+    distances: list[list[float]] = Field(description="[i][j]: distance of query code i to stored code j")
+    mean: list[float] = Field(description="posterior mean of the stored question (for the map)")
+
+
+class ExplainQuery(BaseModel):
+    mean: list[float]
+    samples: list[list[float]] = Field(description="the K codes a search with this text uses")
+
+
+class ExplainResponse(BaseModel):
+    question: str
+    model: Rule
+    revision: int = Field(description="index revision the distances were read at")
+    query: ExplainQuery
+    results: list[ExplainedQuestion] = Field(description="nearest first (by closest pair)")
+    missing: list[int] = Field(description="asked-for ids the index does not hold (deleted?)")
+    stored_fields: bool = Field(description="false when the database did not answer: answers and metadata are null")
+
+
+class MapPoint(BaseModel):
+    id: int
+    x: float
+    y: float
+    text: str
+    label: str | None = Field(description="value of the colour key in the question's metadata")
+
+
+class MapResponse(BaseModel):
+    model: Rule
+    revision: int = Field(description="index revision the projection was computed at (cached per revision)")
+    method: Literal["pca"]
+    total: int = Field(description="questions in the index")
+    sampled: int = Field(description="questions projected (a fixed sample when there are more than QSIM_MAP_MAX_POINTS)")
+    color_key: str | None
+    color_keys: list[str] = Field(description="metadata keys the mapped questions carry, most common first")
+    center: list[float] = Field(description="x = (code - center) . components[0], y = ... components[1]")
+    components: list[list[float]]
+    explained_variance: list[float] = Field(description="share of the variance of the means each axis explains")
+    points: list[MapPoint]
