@@ -15,9 +15,12 @@ from app.api.middleware import BodySizeLimit, RequestMetrics
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
 from app.core.metrics import Metrics
+from app.feedback.router import admin_router as feedback_admin_router
+from app.feedback.router import router as feedback_router
 from app.health.router import router as health_router
 from app.questions.router import router as questions_router
 from app.runtime import Runtime
+from app.web.router import router as web_router
 
 DESCRIPTION = """
 Finds the questions already asked (and answered) that mean the same as a new one.
@@ -46,8 +49,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     install_error_handlers(app, settings.retry_after_seconds)
+    app.include_router(web_router)  # first: /questions/map and /questions/explain before /questions/{id}
     app.include_router(questions_router)
     app.include_router(admin_router)
+    app.include_router(feedback_router)
+    app.include_router(feedback_admin_router)
     app.include_router(health_router)
     if settings.cors_origins:
         app.add_middleware(

@@ -15,6 +15,7 @@ from app.core.config import Settings
 from app.core.db import Database, open_database
 from app.core.metrics import Metrics
 from app.core.migrations import check_schema
+from app.feedback.service import FeedbackService
 from app.questions import repository
 from app.questions.service import QuestionService
 from app.similarity.batcher import MicroBatcher
@@ -39,6 +40,9 @@ class Runtime:
         )
         self.questions = QuestionService(
             self.db, self.engine, self.batcher, settings.search_timeout_seconds, settings.load_wait_seconds
+        )
+        self.feedback = FeedbackService(
+            self.db, on_record=lambda duplicate: metrics.feedback.labels("duplicate" if duplicate else "not_duplicate").inc()
         )
         self.jobs = JobManager(self.db, self.engine, on_finish=lambda status: metrics.reindex_jobs.labels(status).inc())
         self.load_error: str | None = None

@@ -43,6 +43,9 @@ class Metrics:
         self.search_queue_depth = Gauge(
             "qsim_search_queue_depth", "searches waiting for the batcher", registry=r, multiprocess_mode="livesum"
         )
+        self.feedback = Counter(
+            "qsim_feedback", "agents' verdicts recorded through POST /feedback", ["verdict"], registry=r
+        )
         self.overloaded = Counter(
             "qsim_overloaded_requests", "requests refused with 503 because the search queue was full", registry=r
         )
