@@ -37,6 +37,7 @@ from app.search.sources import (
     PreparedQuery,
     ScannedSource,
     dense_question_bounds,
+    subset_source,
 )
 from app.search.storage import index_exists as _index_exists
 from app.search.storage import read_index, write_index
@@ -54,6 +55,11 @@ DENSE_MIN_READ_FRACTION_SINGLE = 0.9
 DENSE_MIN_QUERIES = 8
 # Queries whose first k-NN round shares one GPU call.
 GPU_BATCH_QUERIES = 256
+# Filtered searches: a segment whose allowed questions are at most this many, or this share of it,
+# is searched by reading only those questions' codes; above, by the usual sources with the
+# questions the filter drops masked out (both exact).
+SUBSET_MAX_QUESTIONS = 4096
+SUBSET_MAX_FRACTION = 0.05
 
 
 @dataclass(frozen=True)
@@ -193,10 +199,15 @@ class SimilarityIndex:
         """Host memory held by the current snapshot's arrays and FAISS structures."""
         return sum(view.segment.nbytes() + view.live.nbytes for view in self._snapshot.views)
 
-    def search(self, queries, *, threshold: float, min_pairs: int = 1, limit: int = 10) -> list[list[Match]]:
+    def search(
+        self, queries, *, threshold: float, min_pairs: int = 1, limit: int = 10, allowed=None
+    ) -> list[list[Match]]:
         """queries (nq, Kq, D) -> one ordered list of matches per query (see reference.py for the rule).
 
-        threshold may be math.inf (every question qualifies: the `limit` nearest by closest pair)."""
+        threshold may be math.inf (every question qualifies: the `limit` nearest by closest pair).
+        allowed: None (every stored question), or ids (m,): the rule is evaluated over only those
+        of them that are stored, exactly as the reference over that subset, at any selectivity.
+        The caller decides which ids pass (a metadata filter); the index only takes the ids."""
         codes = _as_codes("queries", queries, self.dim, None)
         threshold = _as_threshold(threshold)
         min_pairs = _non_negative_int("min_pairs", min_pairs)
@@ -204,6 +215,9 @@ class SimilarityIndex:
         snapshot = self._snapshot
         nq, kq = codes.shape[:2]
         rule = Rule(self.metric, threshold, min_pairs, limit)
+        subsets: dict[str, np.ndarray] = {}
+        if allowed is not None:
+            snapshot, subsets = self._restrict(snapshot, _as_ids("allowed", allowed))
         if limit == 0 or not snapshot.views or min_pairs > kq * self.samples_per_item:
             return [[] for _ in range(nq)]
         prepared = [PreparedQuery.prepare(codes[i], self._geometry) for i in range(nq)]
@@ -211,13 +225,15 @@ class SimilarityIndex:
         chunk_size = GPU_BATCH_QUERIES if self._accelerator is not None else DENSE_BATCH_QUERIES
         for start in range(0, nq, chunk_size):
             chunk = prepared[start : start + chunk_size]
-            first_rounds = self._batched_first_rounds(snapshot, chunk, rule)
-            dense = self._dense_bounds(snapshot, chunk, rule)
+            first_rounds = self._batched_first_rounds(snapshot, chunk, rule, skip=subsets)
+            dense = self._dense_bounds(snapshot, chunk, rule, skip=subsets)
             for i, query in enumerate(chunk):
                 best: list[Match] = []
                 for view in snapshot.views:
                     name = view.segment.name
-                    if name in dense:
+                    if name in subsets:
+                        source = subset_source(view.segment, subsets[name], query, self._geometry, self._errors)
+                    elif name in dense:
                         source = ScannedSource(dense[name][i])
                     else:
                         first = first_rounds.get(name)
@@ -226,7 +242,27 @@ class SimilarityIndex:
                 results.append(best)
         return results
 
-    def _dense_bounds(self, snapshot: Snapshot, chunk: list[PreparedQuery], rule: Rule) -> dict[str, np.ndarray]:
+    @staticmethod
+    def _restrict(snapshot: Snapshot, allowed: np.ndarray) -> tuple[Snapshot, dict[str, np.ndarray]]:
+        """The snapshot with every question outside `allowed` masked out of its views, and, for the
+        segments where few questions are left, those rows (searched by reading only them)."""
+        allowed = np.unique(allowed)
+        views, subsets = [], {}
+        for view in snapshot.views:
+            found, rows = view.segment.rows_of(allowed)
+            rows = rows[view.live[rows]]
+            if not len(rows):
+                continue
+            mask = np.zeros(view.segment.size, dtype=bool)
+            mask[rows] = True
+            views.append(SegmentView(view.segment, mask, len(rows)))
+            if len(rows) <= SUBSET_MAX_QUESTIONS or len(rows) <= SUBSET_MAX_FRACTION * view.segment.size:
+                subsets[view.segment.name] = np.sort(rows)
+        return Snapshot(tuple(views), snapshot.revision), subsets
+
+    def _dense_bounds(
+        self, snapshot: Snapshot, chunk: list[PreparedQuery], rule: Rule, skip: dict | None = None
+    ) -> dict[str, np.ndarray]:
         """Segments the ball partition cannot prune well are scanned once for all queries of the batch
         by GEMM (4x the arithmetic rate of per-query SIMD scans here) instead of block by block."""
         if self.strategy != "blocks":
@@ -236,7 +272,7 @@ class SimilarityIndex:
         dense = {}
         for view in snapshot.views:
             segment = view.segment
-            if segment.approximate is not None or segment.size < DENSE_MIN_QUESTIONS:
+            if segment.approximate is not None or segment.size < DENSE_MIN_QUESTIONS or (skip and segment.name in skip):
                 continue
             if self._reads_at_least(segment, chunk, reach, min_share):
                 dense[segment.name] = dense_question_bounds(segment, chunk, self._geometry, self._errors)
@@ -266,7 +302,9 @@ class SimilarityIndex:
     def _first_k(self, rule: Rule, max_k: int) -> int:
         return min(max_k, max(256, 4 * rule.limit * self.samples_per_item))
 
-    def _batched_first_rounds(self, snapshot: Snapshot, prepared: list[PreparedQuery], rule: Rule) -> dict:
+    def _batched_first_rounds(
+        self, snapshot: Snapshot, prepared: list[PreparedQuery], rule: Rule, skip: dict | None = None
+    ) -> dict:
         """On the GPU, the first k-NN round of all queries of a batch runs as one call per segment."""
         if self._accelerator is None or len(prepared) < 2:
             return {}
@@ -274,7 +312,7 @@ class SimilarityIndex:
         rounds = {}
         for view in snapshot.views:
             segment = view.segment
-            if segment.approximate is not None or segment.accelerator is None:
+            if segment.approximate is not None or segment.accelerator is None or (skip and segment.name in skip):
                 continue
             k = min(self._first_k(rule, segment.accelerator.max_k), segment.flat_vectors.shape[0])
             squared, labels = segment.accelerator.knn(stacked, k)

@@ -279,13 +279,13 @@ class ApproximateSource:
 
 
 class ScannedSource:
-    """Every question of a segment with a precomputed lower bound: emits those within the cutoff,
-    or (no cutoff yet) the most promising ones first."""
+    """Questions of a segment with precomputed lower bounds (every question, or the `rows` given):
+    emits those within the cutoff, or (no cutoff yet) the most promising ones first."""
 
     FIRST_EMIT = 64
 
-    def __init__(self, bounds: np.ndarray):
-        self.rows = np.arange(len(bounds), dtype=np.int64)
+    def __init__(self, bounds: np.ndarray, rows: np.ndarray | None = None):
+        self.rows = np.arange(len(bounds), dtype=np.int64) if rows is None else rows
         self.bounds = bounds
         self.smallest = float(bounds.min()) if len(bounds) else math.inf
 
@@ -332,3 +332,16 @@ def dense_question_bounds(
         wide = nearest.astype(np.float64) - slack[:, None]
         out[:, start:end] = geometry.lower_bound(np.sqrt(np.maximum(wide, 0.0)))
     return out
+
+
+def subset_source(
+    segment: Segment, rows: np.ndarray, query: PreparedQuery, geometry: SearchGeometry, errors: FloatErrorModel
+) -> ScannedSource:
+    """A source over only `rows` (m,) of a segment (the questions a filter keeps): their lower
+    bounds from one read of just their samples, so a selective filter costs the size of what it
+    keeps, not of the segment."""
+    k = segment.samples_per_item
+    samples = np.ascontiguousarray(segment.vectors[rows].reshape(-1, segment.vectors.shape[-1]))
+    squared = squared_distances(query.search, samples)
+    slack = errors.squared_slack(query.norms, segment.max_norm)
+    return ScannedSource(question_lower_bounds(squared, k, slack, geometry), rows)
