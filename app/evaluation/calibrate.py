@@ -6,30 +6,73 @@ which the model never learnt from, and the stored part is its training rows; oth
 random split. A (query, stored question) pair should be returned when the two share a label.
 Labelled pairs (`--pairs`): each pair should be returned when it is marked as a duplicate.
 
-For every n in the options, the exact sweep (app/evaluation/sweep.py) gives precision and recall
-at every t; the choice is the (t, n) of best F1, or with a target precision the largest recall at
-precision >= target (ties: fewer pairs, then the smaller threshold). The single-code variant (the
-posterior means, one pair) is swept too, for the comparison at equal precision: the claim that
-sampling K codes raises recall.
+Two objectives:
+
+- "top" (the default): judged by what a desk sees, the first result. A query is *answered* when its
+  top result passes the rule, and the answer is *right* when it is a right answer (same label; for
+  pairs, a marked duplicate). A desk is also asked questions it has no answer for: with an
+  out-of-scope fraction F, whole labels (a seeded F of the held-out queries' labels) are removed from
+  the stored side, so their queries have no right answer and the right outcome is no match. The
+  choice is the (t, n) with the most *net right answers*, (right answers - wrong answers) / queries,
+  where every answer to an out-of-scope query is wrong, among those whose precision of the answered
+  in-scope tops is >= the target (default 0.9); ties: more answered, fewer pairs, smaller t. (Most
+  net right answers rather than most answers: past the point where the marginal answers are more
+  often wrong than right, answering more only shows the desk more wrong answers, even while the
+  precision of all the answers together still holds the target.)
+- "pairs": every returned question counts, micro precision and recall over all (query, stored
+  question) pairs: the (t, n) of best F1, or with a target precision the largest recall at
+  precision >= target (ties: fewer pairs, then the smaller threshold).
+
+Both are recorded for the chosen point whichever objective chose it. The exact sweeps
+(app/evaluation/sweep.py) give every figure at every t. The single-code variant (the posterior
+means, one pair) is swept too, for the comparison at equal precision: the claim that sampling K
+codes raises recall (pairs) or answers more questions (top).
+
+Pairs files, top answers: the queries are the distinct first texts, the stored side the distinct
+second texts; a query's top is right when it is one of the query's marked duplicates (in either
+column), its own text on the stored side is left out, and a query with no marked duplicate among
+the stored texts is out of scope (unmarked pairs count as non-duplicates, as in the pairs sweep).
+An out-of-scope fraction F removes the duplicates of a seeded F of the in-scope queries from the
+stored side.
+
+`calibrate_after_training` calibrates a model fresh from `qsim train` on the trainer's validation
+rows with labels, else a pairs file, else the teacher's judgement, else a self-augmentation rule;
+its docstring states each rule.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 
 from app import __version__
-from app.evaluation.sweep import OperatingPoint, ThresholdSweep, labelled_sweeps, paired_sweeps
+from app.evaluation.sweep import (
+    OperatingPoint,
+    ThresholdSweep,
+    TopAnswerPoint,
+    TopAnswerSweep,
+    labelled_rule_sweeps,
+    labelled_sweeps,
+    paired_sweeps,
+    rule_sweeps,
+)
 from app.model.data import Corpus, PairsCorpus
 from app.model.encoder import QuestionEncoder
 
 DEFAULT_MIN_PAIRS_OPTIONS = (1, 2, 3, 5, 8, 13)
 EQUAL_PRECISION_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 MEAN_CODE = "mean code"
+OBJECTIVES = ("top", "pairs")
+DEFAULT_TOP_TARGET_PRECISION = 0.9
+DEFAULT_OUT_OF_SCOPE_FRACTION = 0.2  # labelled corpora, objective "top"
+# Pairs files, objective "top": at most this many stored (second) texts: every duplicate of the
+# sampled queries and a seeded sample of the others as distractors.
+PAIRS_MAX_STORED = 20_000
 
 
 class CalibrationError(ValueError):
@@ -51,6 +94,9 @@ class Sweeps:
     by_min_pairs: dict[int, ThresholdSweep]
     mean: ThresholdSweep
     pairs: int  # Kq x K
+    tops: dict[int, TopAnswerSweep] = field(default_factory=dict)  # the top answers, by min_pairs
+    mean_top: TopAnswerSweep | None = None
+    top_split: dict = field(default_factory=dict)  # how the top answers' queries and stored side were formed
 
 
 def holdout_split(
@@ -80,6 +126,41 @@ def holdout_split(
     return stored, queries, split
 
 
+def out_of_scope_labels(query_labels: Sequence[str], fraction: float, seed: int) -> list[str]:
+    """A seeded `fraction` of the queries' distinct labels (at least one, never all) to hold out from
+    the stored side, so that their queries have no right answer; [] for fraction 0."""
+    if not 0 <= fraction < 1:
+        raise CalibrationError(f"the out-of-scope fraction must be in [0, 1), got {fraction}")
+    if fraction == 0:
+        return []
+    labels = sorted(set(query_labels))
+    if len(labels) < 2:
+        raise CalibrationError(
+            f"holding out labels as out of scope needs at least 2 labels among the held-out queries, found {len(labels)}"
+        )
+    count = min(len(labels) - 1, max(1, round(fraction * len(labels))))
+    return sorted(np.random.default_rng([seed, 0x005C0]).choice(labels, count, replace=False).tolist())
+
+
+def drop_out_of_scope(
+    stored_rows: np.ndarray, labels: Sequence[str], query_rows: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, dict]:
+    """Removes the rows of a seeded `fraction` of the query labels from the stored rows
+    -> (stored rows kept, a description for the record)."""
+    held = out_of_scope_labels([labels[i] for i in query_rows], fraction, seed)
+    if not held:
+        return stored_rows, {"fraction": 0.0, "labels": [], "queries": 0, "stored_removed": 0}
+    held_set = set(held)
+    keep = np.array([labels[i] not in held_set for i in stored_rows], dtype=bool)
+    described = {
+        "fraction": fraction, "seed": seed, "labels": held,
+        "queries": int(sum(labels[i] in held_set for i in query_rows)),
+        "stored_removed": int((~keep).sum()),
+        "rule": "whole labels removed from the stored side; their queries should get no match",
+    }
+    return stored_rows[keep], described
+
+
 def sweep_labelled(
     encoder: QuestionEncoder,
     stored_texts: Sequence[str],
@@ -91,17 +172,95 @@ def sweep_labelled(
     stored=None,
     queries=None,
 ) -> Sweeps:
-    """Sweeps of every query against every stored question; `stored`/`queries` may pass texts
-    already encoded with K samples (app.model.encoder.Encoded)."""
+    """Sweeps (pairwise and top answers) of every query against every stored question;
+    `stored`/`queries` may pass texts already encoded with K samples (app.model.encoder.Encoded).
+    A query whose label no stored question has is out of scope."""
     k = encoder.samples_per_question
     stored = stored if stored is not None else encoder.encode(stored_texts, k)
     queries = queries if queries is not None else encoder.encode(query_texts, k)
-    by_n = labelled_sweeps(queries.samples, query_labels, stored.samples, stored_labels, encoder.metric, min_pairs_options)
-    mean = labelled_sweeps(queries.mean[:, None], query_labels, stored.mean[:, None], stored_labels, encoder.metric)[1]
-    return Sweeps(by_n, mean, k * k)
+    by_n, tops = labelled_rule_sweeps(
+        queries.samples, query_labels, stored.samples, stored_labels, encoder.metric, min_pairs_options
+    )
+    mean, mean_top = labelled_rule_sweeps(
+        queries.mean[:, None], query_labels, stored.mean[:, None], stored_labels, encoder.metric
+    )
+    return Sweeps(by_n, mean[1], k * k, tops, mean_top[1])
 
 
-def sweep_pairs(encoder: QuestionEncoder, pairs: PairsCorpus, min_pairs_options: Sequence[int]) -> Sweeps:
+def _pairs_top_answers(
+    pairs: PairsCorpus, codes: Callable[[list[str], bool], np.ndarray], metric: str, min_pairs_options: Sequence[int],
+    *, out_of_scope_fraction: float, seed: int, max_queries: int | None,
+) -> tuple[dict[int, TopAnswerSweep], TopAnswerSweep, dict]:
+    """The top answers of a pairs file (rule in the module docstring). codes(texts, mean) -> (n, K|1, D)."""
+    duplicates: dict[str, set[str]] = {}
+    for a, b, dup in zip(pairs.left, pairs.right, pairs.duplicate, strict=True):
+        if dup:
+            duplicates.setdefault(a, set()).add(b)
+            duplicates.setdefault(b, set()).add(a)
+    queries = sorted(set(pairs.left))
+    stored_all = sorted(set(pairs.right))
+    stored_set = set(stored_all)
+    rng = np.random.default_rng([seed, 0x9A1])
+    answerable = [q for q in queries if (duplicates.get(q, set()) - {q}) & stored_set]
+    held: list[str] = []
+    if out_of_scope_fraction > 0 and answerable:
+        count = min(len(answerable), max(1, round(out_of_scope_fraction * len(answerable))))
+        held = sorted(rng.choice(answerable, count, replace=False).tolist())
+    removed = set().union(*(duplicates[q] for q in held)) & stored_set if held else set()
+    stored_set -= removed
+    sampled = None
+    if max_queries is not None and len(queries) > max_queries:
+        queries = sorted(rng.choice(queries, max_queries, replace=False).tolist())
+        sampled = max_queries
+    partners = set().union(*(duplicates.get(q, set()) for q in queries)) & stored_set
+    stored = sorted(stored_set)
+    capped = None
+    if len(stored) > PAIRS_MAX_STORED:
+        others = sorted(stored_set - partners)
+        room = max(0, PAIRS_MAX_STORED - len(partners))
+        stored = sorted(partners | set(rng.choice(others, min(room, len(others)), replace=False).tolist()))
+        capped = PAIRS_MAX_STORED
+    position = {text: i for i, text in enumerate(stored)}
+    answers = [sorted(position[t] for t in duplicates.get(q, set()) if t in position and t != q) for q in queries]
+    own = [position.get(q, -1) for q in queries]
+    in_scope = np.array([bool(a) for a in answers])
+
+    def judge(rows: slice):
+        right = np.zeros((rows.stop - rows.start, len(stored)), dtype=bool)
+        usable = np.ones_like(right)
+        for i, q in enumerate(range(rows.start, rows.stop)):
+            right[i, answers[q]] = True
+            if own[q] >= 0:
+                usable[i, own[q]] = False
+        return None, right, usable
+
+    split = {
+        "queries": len(queries), "stored": len(stored), "in_scope": int(in_scope.sum()),
+        "top_rule": "queries: the distinct first texts; stored: the distinct second texts; right: a marked duplicate; "
+        "a query's own text is not an answer; a query without a marked duplicate among the stored texts is out of scope",
+        "out_of_scope": {"fraction": out_of_scope_fraction, "seed": seed, "queries_held_out": len(held),
+                         "stored_removed": len(removed), "queries": int((~in_scope).sum())},
+    } | ({"queries_sampled": sampled} if sampled else {}) | ({"stored_capped": capped} if capped else {})
+    if not queries or not stored:
+        raise CalibrationError("the pairs file leaves no query or no stored question for the top answers")
+    _, tops = rule_sweeps(codes(queries, False), codes(stored, False), metric, min_pairs_options, judge, in_scope,
+                          pairwise=False)
+    _, mean_top = rule_sweeps(codes(queries, True), codes(stored, True), metric, [1], judge, in_scope, pairwise=False)
+    return tops, mean_top[1], split
+
+
+def sweep_pairs(
+    encoder: QuestionEncoder,
+    pairs: PairsCorpus,
+    min_pairs_options: Sequence[int],
+    *,
+    tops: bool = True,
+    out_of_scope_fraction: float = 0.0,
+    seed: int = 0,
+    max_queries: int | None = None,
+) -> Sweeps:
+    """The pairwise sweep over every labelled pair; with tops (the default), also the top answers
+    (see the module docstring), their split described in Sweeps.top_split."""
     k = encoder.samples_per_question
     texts = sorted(set(pairs.left) | set(pairs.right))
     position = {text: i for i, text in enumerate(texts)}
@@ -110,7 +269,18 @@ def sweep_pairs(encoder: QuestionEncoder, pairs: PairsCorpus, min_pairs_options:
     right = np.array([position[t] for t in pairs.right])
     by_n = paired_sweeps(encoded.samples[left], encoded.samples[right], pairs.duplicate, encoder.metric, min_pairs_options)
     mean = paired_sweeps(encoded.mean[left, None], encoded.mean[right, None], pairs.duplicate, encoder.metric)[1]
-    return Sweeps(by_n, mean, k * k)
+    if not tops:
+        return Sweeps(by_n, mean, k * k)
+
+    def codes(chosen: list[str], mean_code: bool) -> np.ndarray:
+        rows = np.array([position[t] for t in chosen], dtype=np.int64)
+        return encoded.mean[rows, None] if mean_code else encoded.samples[rows]
+
+    answers, mean_top, split = _pairs_top_answers(
+        pairs, codes, encoder.metric, min_pairs_options,
+        out_of_scope_fraction=out_of_scope_fraction, seed=seed, max_queries=max_queries,
+    )
+    return Sweeps(by_n, mean, k * k, answers, mean_top, split)
 
 
 def operating_point(sweep: ThresholdSweep, target_precision: float | None) -> OperatingPoint | None:
@@ -142,13 +312,89 @@ def choose(sweeps: Sweeps, target_precision: float | None) -> OperatingPoint:
     return best
 
 
-def variant_table(sweeps: Sweeps, target_precision: float | None) -> list[dict]:
-    """Each variant at its own best threshold for the objective (None where the target is unreachable)."""
-    rows = [{"variant": MEAN_CODE, "samples": 1, **_point_dict(operating_point(sweeps.mean, target_precision), 1)}]
-    for n, sweep in sorted(sweeps.by_min_pairs.items()):
-        point = operating_point(sweep, target_precision)
-        rows.append({"variant": n_of(n, sweeps.pairs), "samples": int(round(sweeps.pairs**0.5)), **_point_dict(point, n)})
+def choose_top(sweeps: Sweeps, target_precision: float | None) -> TopAnswerPoint:
+    """The objective "top" over every min_pairs option: the most net right answers with precision
+    of the answered tops >= target; ties: more answered, then fewer pairs, then the smaller t."""
+    if not sweeps.tops:
+        raise CalibrationError("no top answers were swept; cannot calibrate for the top answer")
+    best: TopAnswerPoint | None = None
+    for n in sorted(sweeps.tops):
+        point = sweeps.tops[n].best(target_precision)
+        if point is not None and (best is None or (point.net, point.answered) > (best.net, best.answered)):
+            best = point
+    if best is None:
+        if not any(s.queries for s in sweeps.tops.values()):
+            raise CalibrationError("no held-out query has a right answer among the stored questions; cannot calibrate")
+        reachable = max(s.highest_precision() for s in sweeps.tops.values())
+        raise CalibrationError(
+            f"no threshold reaches precision {target_precision} of the answered top results; "
+            f"the highest reached is {reachable:.3f}"
+        )
+    return best
+
+
+def pairwise_at(sweep: ThresholdSweep, threshold: float) -> OperatingPoint:
+    """The pairwise figures of the rule at a given threshold, as an operating point."""
+    return OperatingPoint(float(threshold), sweep.min_pairs, **sweep.at(threshold).as_dict())
+
+
+def _top_sweep(sweeps: Sweeps, variant_n: int | None) -> TopAnswerSweep | None:
+    """variant_n None: the mean code."""
+    return sweeps.mean_top if variant_n is None else sweeps.tops.get(variant_n)
+
+
+def variant_table(sweeps: Sweeps, target_precision: float | None, objective: str = "pairs") -> list[dict]:
+    """Each variant at its own best threshold for the objective (None where the target is
+    unreachable), with the other view's figures at that threshold under "top" / the pairwise keys."""
+    rows = []
+    variants = [(MEAN_CODE, 1, None, sweeps.mean)] + [
+        (n_of(n, sweeps.pairs), int(round(sweeps.pairs**0.5)), n, sweep) for n, sweep in sorted(sweeps.by_min_pairs.items())
+    ]
+    for name, samples, n, sweep in variants:
+        top_sweep = _top_sweep(sweeps, n)
+        if objective == "top":
+            top = top_sweep.best(target_precision) if top_sweep is not None else None
+            point = None if top is None else pairwise_at(sweep, top.threshold)
+        else:
+            point = operating_point(sweep, target_precision)
+            top = None if point is None or top_sweep is None else top_sweep.at(point.threshold)
+        rows.append({"variant": name, "samples": samples, **_point_dict(point, n or 1),
+                     "top": None if top is None else top.as_dict()})
     return rows
+
+
+def top_equal_precision_comparison(
+    mean: TopAnswerSweep, variants: dict[str, TopAnswerSweep], levels: Sequence[float] = EQUAL_PRECISION_LEVELS
+) -> dict:
+    """The largest answered share each variant reaches with precision of the answered tops >= p,
+    for each level p (the given levels and each variant's best net point's precision, rounded
+    down); and how the sampled variants compare with the single mean code."""
+    operating = {
+        math.floor(point.precision * 1000) / 1000
+        for s in (mean, *variants.values())
+        if (point := s.best(None)) is not None and point.precision is not None
+    }
+    rows = []
+    for level in sorted(set(levels) | operating):
+        row: dict = {"precision": level, "answered_share": {}}
+        for name, sweep in {MEAN_CODE: mean, **variants}.items():
+            point = sweep.max_answered_at_precision(level)
+            row["answered_share"][name] = None if point is None else point.answered_share
+        rows.append(row)
+    verdict = {}
+    for name in variants:
+        deltas = [
+            r["answered_share"][name] - r["answered_share"][MEAN_CODE]
+            for r in rows
+            if r["answered_share"][name] is not None and r["answered_share"][MEAN_CODE] is not None
+        ]
+        verdict[name] = {
+            "levels_compared": len(deltas),
+            "levels_answering_more": sum(d > 0 for d in deltas),
+            "levels_answering_fewer": sum(d < 0 for d in deltas),
+            "mean_answered_gain": float(np.mean(deltas)) if deltas else None,
+        }
+    return {"levels": rows, "versus_mean_code": verdict}
 
 
 def _point_dict(point: OperatingPoint | None, n: int) -> dict:
@@ -194,24 +440,45 @@ def comparison_variants(sweeps: Sweeps, n: int | None) -> dict[str, ThresholdSwe
     return variants
 
 
-def best_n_of(sweeps: Sweeps, chosen: OperatingPoint, target_precision: float | None) -> int | None:
+def top_comparison_variants(sweeps: Sweeps, n: int | None) -> dict[str, TopAnswerSweep]:
+    variants = {any_of(sweeps.pairs): sweeps.tops[1]} if 1 in sweeps.tops else {}
+    if n is not None and n != 1 and n in sweeps.tops:
+        variants[n_of(n, sweeps.pairs)] = sweeps.tops[n]
+    return variants
+
+
+def best_n_of(sweeps: Sweeps, chosen: OperatingPoint, target_precision: float | None, objective: str = "pairs") -> int | None:
     """The n > 1 to show as "n-of-K×K": the chosen one, or else the best n > 1 for the objective."""
     if chosen.min_pairs > 1:
         return chosen.min_pairs
-    rest = Sweeps({n: s for n, s in sweeps.by_min_pairs.items() if n > 1}, sweeps.mean, sweeps.pairs)
+    rest = Sweeps(
+        {n: s for n, s in sweeps.by_min_pairs.items() if n > 1}, sweeps.mean, sweeps.pairs,
+        {n: s for n, s in sweeps.tops.items() if n > 1}, sweeps.mean_top,
+    )
     if not rest.by_min_pairs:
         return None
     try:
-        return choose(rest, target_precision).min_pairs
+        return (choose_top(rest, target_precision) if objective == "top" else choose(rest, target_precision)).min_pairs
     except CalibrationError:
         return None
 
 
 @dataclass
 class Calibration:
-    chosen: OperatingPoint
+    chosen: OperatingPoint  # the pairwise figures at the chosen (t, n), whichever objective chose it
     n_of_pairs: int | None  # the n > 1 reported as the "n-of-K×K" variant
     record: dict = field(repr=False)  # what is stored in config.json as search.calibration
+    top: TopAnswerPoint | None = None  # the top answers at the chosen (t, n), when swept
+
+
+METHODS = {
+    ("top", True): "top answers: most net right answers (right - wrong, answers to out-of-scope queries wrong) "
+    "with precision of the answered tops >= target",
+    ("top", False): "top answers: most net right answers (right - wrong, answers to out-of-scope queries wrong), "
+    "no precision floor",
+    ("pairs", False): "best F1",
+    ("pairs", True): "largest recall at precision >= target",
+}
 
 
 def calibrate(
@@ -221,20 +488,34 @@ def calibrate(
     model_id: str,
     data: dict,
     split: dict,
+    objective: str = "pairs",
 ) -> Calibration:
-    chosen = choose(sweeps, target_precision)
-    n_of_pairs = best_n_of(sweeps, chosen, target_precision)
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if objective == "top":
+        top = choose_top(sweeps, target_precision)
+        chosen = pairwise_at(sweeps.by_min_pairs[top.min_pairs], top.threshold)
+    else:
+        chosen = choose(sweeps, target_precision)
+        top = sweeps.tops[chosen.min_pairs].at(chosen.threshold) if chosen.min_pairs in sweeps.tops else None
+    n_of_pairs = best_n_of(sweeps, chosen, target_precision, objective)
     record = {
-        "method": "best F1" if target_precision is None else "largest recall at precision >= target",
+        "objective": objective,
+        "method": METHODS[objective, target_precision is not None],
         "target_precision": target_precision,
         "model_id": model_id,
         "data": data,
-        "split": split,
-        "chosen": chosen.as_dict() | {"variant": n_of(chosen.min_pairs, sweeps.pairs)},
+        "split": split | ({"top_answers": sweeps.top_split} if sweeps.top_split else {}),
+        "chosen": chosen.as_dict() | {"variant": n_of(chosen.min_pairs, sweeps.pairs),
+                                      "top": None if top is None else top.as_dict()},
         "n_of_pairs": n_of_pairs,
-        "variants": variant_table(sweeps, target_precision),
+        "variants": variant_table(sweeps, target_precision, objective),
         "equal_precision": equal_precision_comparison(sweeps.mean, comparison_variants(sweeps, n_of_pairs)),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "qsim_version": __version__,
     }
-    return Calibration(chosen, n_of_pairs, record)
+    if sweeps.mean_top is not None and sweeps.tops:
+        record["top_equal_precision"] = top_equal_precision_comparison(
+            sweeps.mean_top, top_comparison_variants(sweeps, n_of_pairs)
+        )
+    return Calibration(chosen, n_of_pairs, record, top)

@@ -222,23 +222,8 @@ def labelled_sweeps(
 ) -> dict[int, ThresholdSweep]:
     """query_codes (nq, Kq, D), stored_codes (N, K, D) -> {n: sweep of the rule with min_pairs n}
     over all nq x N (query, stored question) pairs; relevant = same label."""
-    ns = sorted(set(min_pairs))
-    _, codes = np.unique(np.concatenate([np.asarray(query_labels), np.asarray(stored_labels)]), return_inverse=True)
-    query_labels, stored_labels = codes[: len(query_labels)], codes[len(query_labels) :]
-    relevant: dict[int, list[np.ndarray]] = {n: [] for n in ns}
-    irrelevant: dict[int, list[np.ndarray]] = {n: [] for n in ns}
-    stored = StoredCodes(stored_codes, metric)
-    values_per_query = stored_codes.shape[0] * stored_codes.shape[1] * query_codes.shape[1]
-    for rows in _query_chunks(len(query_codes), values_per_query):
-        same = query_labels[rows, None] == stored_labels[None, :]  # (q, N)
-        nth = nth_smallest(stored.distances(query_codes[rows]), ns)
-        for n in ns:
-            scores = nth[n].astype(np.float32)
-            relevant[n].append(scores[same])
-            irrelevant[n].append(scores[~same])
-    return {
-        n: ThresholdSweep(np.concatenate(relevant[n]), np.concatenate(irrelevant[n]), min_pairs=n) for n in ns
-    }
+    judge, in_scope = label_judge(query_labels, stored_labels)
+    return rule_sweeps(query_codes, stored_codes, metric, min_pairs, judge, in_scope, tops=False)[0]
 
 
 def paired_sweeps(
@@ -261,3 +246,289 @@ def paired_sweeps(
         n: ThresholdSweep(np.concatenate(s)[duplicate], np.concatenate(s)[~duplicate], min_pairs=n)
         for n, s in scores.items()
     }
+
+
+# ------------------------------------------------------------------------------ the top answer
+#
+# What a desk sees is the first result, if any: the service orders the questions the rule accepts
+# by their closest pair distance. For min_pairs n and threshold t, the *top answer* of a query is
+# the stored question of smallest closest-pair distance d1 among those whose n-th pair distance dn
+# is <= t, and the query is *answered* when there is one. As t grows, questions enter in order of
+# dn, and the top changes only when one enters whose d1 is below every d1 before it: these entries
+# are the query's *events* (t at which it happens, whether that top is right). Between two events
+# nothing a desk sees changes, so the events of all queries give the answered share and the
+# precision of the answered tops exactly at every t. (Ties in d1 are broken by the earlier entry;
+# the service breaks them by the count of pairs within t, then by id: equal closest-pair distances
+# between different questions are the only place the two can differ.)
+
+
+@dataclass(frozen=True)
+class TopAnswerPoint:
+    """The top answers at one rule (t, n). Queries are *in scope* when some stored question is a right
+    answer for them, *out of scope* otherwise (for those any answer is wrong; no match is right)."""
+
+    threshold: float
+    min_pairs: int
+    queries: int  # in scope
+    answered: int  # in-scope queries whose top result passes the rule
+    right: int  # of those, the top result is right
+    out_of_scope: int
+    out_of_scope_answered: int  # out-of-scope queries that got a (necessarily wrong) answer
+
+    @property
+    def answered_share(self) -> float:
+        return self.answered / self.queries if self.queries else 0.0
+
+    @property
+    def precision(self) -> float | None:
+        """Precision of the answered in-scope tops; None when none is answered."""
+        return self.right / self.answered if self.answered else None
+
+    @property
+    def out_of_scope_no_match(self) -> float | None:
+        """Share of out-of-scope queries that got no match; None without out-of-scope queries."""
+        return 1.0 - self.out_of_scope_answered / self.out_of_scope if self.out_of_scope else None
+
+    @property
+    def wrong(self) -> int:
+        """Every wrong answer a desk sees: wrong in-scope tops and answers to out-of-scope queries."""
+        return self.answered - self.right + self.out_of_scope_answered
+
+    @property
+    def net(self) -> float:
+        """(right answers - wrong answers) / all queries: the calibration objective ("top")."""
+        total = self.queries + self.out_of_scope
+        return (self.right - self.wrong) / total if total else 0.0
+
+    def as_dict(self) -> dict:
+        answered_all = self.answered + self.out_of_scope_answered
+        return asdict(self) | {
+            "answered_share": self.answered_share,
+            "precision": self.precision,
+            "right_share": self.right / self.queries if self.queries else 0.0,
+            "out_of_scope_no_match": self.out_of_scope_no_match,
+            "precision_with_out_of_scope": self.right / answered_all if answered_all else None,
+            "net": self.net,
+        }
+
+
+def top_events(
+    nth: np.ndarray, closest: np.ndarray, correct: np.ndarray, first_query: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """nth (q, N): the n-th pair distance (the rule's score), closest (q, N): the smallest pair
+    distance (the service's order), correct (q, N) bool: a right answer. An infinite nth is never
+    accepted. -> (query index, score, right) of every event, per query in increasing score."""
+    q = nth.shape[0]
+    if nth.shape[1] == 0:
+        return np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, bool)
+    if nth is closest:  # n = 1: the top is the nearest question, from its own distance on
+        top = np.argmin(closest, axis=1)
+        rows = np.arange(q)
+        score, right = closest[rows, top], correct[rows, top]
+        keep = np.isfinite(score)
+        return rows[keep] + first_query, score[keep].astype(np.float32), right[keep]
+    order = np.argsort(nth, axis=1, kind="stable")
+    entering = np.take_along_axis(nth, order, axis=1)
+    d1 = np.take_along_axis(closest, order, axis=1)
+    before = np.minimum.accumulate(d1, axis=1)
+    is_event = np.empty(d1.shape, dtype=bool)
+    is_event[:, 0] = True
+    is_event[:, 1:] = d1[:, 1:] < before[:, :-1]
+    is_event &= np.isfinite(entering)
+    rows, positions = np.nonzero(is_event)  # row-major: per query, in increasing score
+    right = np.take_along_axis(correct, order, axis=1)[rows, positions]
+    return rows + first_query, entering[rows, positions].astype(np.float32), right
+
+
+class TopAnswerSweep:
+    """Exact answered share and precision of the answered tops at every threshold, from the events
+    of top_events() (all queries' events, each query's in increasing score, queries in any order)."""
+
+    def __init__(self, query: np.ndarray, score: np.ndarray, right: np.ndarray, in_scope: np.ndarray, min_pairs: int = 1):
+        self.min_pairs = min_pairs
+        self.in_scope = np.asarray(in_scope, dtype=bool)
+        self.query = np.asarray(query, dtype=np.int64)
+        self.score = np.asarray(score, dtype=np.float32)
+        self.right = np.asarray(right, dtype=bool) & self.in_scope[self.query]
+        first = np.ones(len(self.query), dtype=bool)
+        first[1:] = self.query[1:] != self.query[:-1]
+        previous = np.zeros(len(self.query), dtype=np.int64)
+        previous[1:] = self.right[:-1]
+        previous[first] = 0
+        scope = self.in_scope[self.query]
+        self._first = first
+        order = np.argsort(self.score, kind="stable")
+        self._sorted = self.score[order]
+        self._answered = np.cumsum((first & scope)[order])
+        self._oos_answered = np.cumsum((first & ~scope)[order])
+        self._right = np.cumsum((self.right.astype(np.int64) - previous)[order])
+        self.candidates = np.unique(self._sorted)
+        last = np.searchsorted(self._sorted, self.candidates, side="right") - 1
+        self.answered = self._answered[last]
+        self.out_of_scope_answered = self._oos_answered[last]
+        self.right_answers = self._right[last]
+
+    @property
+    def queries(self) -> int:
+        return int(self.in_scope.sum())
+
+    @property
+    def out_of_scope(self) -> int:
+        return int((~self.in_scope).sum())
+
+    @property
+    def precision(self) -> np.ndarray:
+        """Per candidate; 1 where no in-scope query is answered (no wrong top among them)."""
+        return np.where(self.answered > 0, self.right_answers / np.maximum(self.answered, 1), 1.0)
+
+    @property
+    def net(self) -> np.ndarray:
+        total = max(len(self.in_scope), 1)
+        return (2 * self.right_answers - self.answered - self.out_of_scope_answered) / total
+
+    def _counts(self, k: int) -> tuple[int, int, int]:
+        if k == 0:
+            return 0, 0, 0
+        return int(self._answered[k - 1]), int(self._right[k - 1]), int(self._oos_answered[k - 1])
+
+    def at(self, threshold: float, queries: np.ndarray | None = None) -> TopAnswerPoint:
+        """The top answers at threshold t (questions whose score is <= t pass); `queries`: only
+        these query indices."""
+        if queries is None:
+            answered, right, oos = self._counts(int(np.searchsorted(self._sorted, threshold, side="right")))
+            return TopAnswerPoint(float(threshold), self.min_pairs, self.queries, answered, right, self.out_of_scope, oos)
+        chosen = np.zeros(len(self.in_scope), dtype=bool)
+        chosen[np.asarray(queries, dtype=np.int64)] = True
+        passed = chosen[self.query] & (self.score <= threshold)
+        answered_queries = np.unique(self.query[passed])
+        # The top at t is the query's last event with score <= t.
+        last = {}
+        for i in np.flatnonzero(passed):
+            last[self.query[i]] = self.right[i]
+        scope = self.in_scope[answered_queries]
+        return TopAnswerPoint(
+            float(threshold), self.min_pairs, int(self.in_scope[chosen].sum()), int(scope.sum()),
+            int(sum(bool(last[q]) for q in answered_queries[scope])), int((~self.in_scope[chosen]).sum()),
+            int((~scope).sum()),
+        )
+
+    def _separating_threshold(self, index: int) -> float:
+        value = float(self.candidates[index])
+        if index + 1 < len(self.candidates):
+            return (value + float(self.candidates[index + 1])) / 2.0
+        return value + max(abs(value) * 1e-6, 1e-12)
+
+    def point(self, index: int) -> TopAnswerPoint:
+        return TopAnswerPoint(
+            self._separating_threshold(index), self.min_pairs, self.queries, int(self.answered[index]),
+            int(self.right_answers[index]), self.out_of_scope, int(self.out_of_scope_answered[index]),
+        )
+
+    def best(self, target_precision: float | None) -> TopAnswerPoint | None:
+        """The most net right answers (right - wrong, out-of-scope answers counted wrong) with
+        precision of the answered tops >= target (None: no floor); among equals the larger answered
+        share, then the smaller threshold. None when no threshold reaches the target."""
+        if len(self.candidates) == 0:
+            return None
+        feasible = np.ones(len(self.candidates), dtype=bool)
+        if target_precision is not None:
+            feasible = (self.precision >= target_precision - 1e-12) & (self.answered > 0)
+        if not feasible.any():
+            return None
+        index = np.flatnonzero(feasible)
+        # lexsort: the last key is the primary one; argmax-like choice of the first of the best.
+        ordering = np.lexsort((index, -self.answered[index], -self.net[index]))
+        return self.point(int(index[ordering[0]]))
+
+    def max_answered_at_precision(self, target: float) -> TopAnswerPoint | None:
+        """The largest answered share whose precision of answered tops is >= target."""
+        feasible = np.flatnonzero((self.precision >= target - 1e-12) & (self.answered > 0))
+        if len(feasible) == 0:
+            return None
+        return self.point(int(feasible[np.argmax(self.answered[feasible])]))
+
+    def highest_precision(self) -> float:
+        answered = self.answered > 0
+        return float(self.precision[answered].max()) if answered.any() else 0.0
+
+
+def rule_sweeps(
+    query_codes: np.ndarray,
+    stored_codes: np.ndarray,
+    metric: str,
+    min_pairs: Iterable[int],
+    judge,
+    in_scope: np.ndarray,
+    *,
+    pairwise: bool = True,
+    tops: bool = True,
+) -> tuple[dict[int, ThresholdSweep], dict[int, TopAnswerSweep]]:
+    """One pass over every (query, stored question) pair for both views of the rule.
+
+    judge(rows: slice) -> (relevant, right, usable), each (q, N) bool or None: relevant pairs for the
+    pairwise sweep, right top answers, and the pairs that count at all (None: all; a query's own
+    text on the stored side is not an answer to it). in_scope (nq,) bool: queries with a right
+    answer among the stored questions."""
+    ns = sorted(set(min_pairs))
+    relevant: dict[int, list[np.ndarray]] = {n: [] for n in ns}
+    irrelevant: dict[int, list[np.ndarray]] = {n: [] for n in ns}
+    events: dict[int, list[tuple]] = {n: [] for n in ns}
+    stored = StoredCodes(stored_codes, metric)
+    values_per_query = stored_codes.shape[0] * stored_codes.shape[1] * query_codes.shape[1]
+    for rows in _query_chunks(len(query_codes), values_per_query):
+        distances = stored.distances(query_codes[rows])
+        wanted = set(ns) | ({1} if tops else set())
+        nth = nth_smallest(distances, sorted(wanted))
+        same, right, usable = judge(rows)
+        for n in ns:
+            scores = nth[n].astype(np.float32)
+            if pairwise:
+                mask = same if usable is None else same & usable
+                relevant[n].append(scores[mask])
+                irrelevant[n].append(scores[~same if usable is None else ~same & usable])
+            if tops:
+                score, closest = nth[n], nth[1]
+                if usable is not None:
+                    closest = np.where(usable, closest, np.inf)
+                    score = closest if n == 1 else np.where(usable, score, np.inf)
+                events[n].append(top_events(score, closest, right, rows.start))
+    sweeps = {
+        n: ThresholdSweep(np.concatenate(relevant[n]), np.concatenate(irrelevant[n]), min_pairs=n)
+        for n in ns
+    } if pairwise else {}
+    answers = {}
+    if tops:
+        for n in ns:
+            parts = events[n]
+            answers[n] = TopAnswerSweep(
+                np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int64),
+                np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.float32),
+                np.concatenate([p[2] for p in parts]) if parts else np.empty(0, bool),
+                in_scope, min_pairs=n,
+            )
+    return sweeps, answers
+
+
+def label_judge(query_labels: Sequence[str], stored_labels: Sequence[str]):
+    """-> (judge for rule_sweeps, in_scope): relevant = right = the same label."""
+    _, codes = np.unique(np.concatenate([np.asarray(query_labels), np.asarray(stored_labels)]), return_inverse=True)
+    query, stored = codes[: len(query_labels)], codes[len(query_labels) :]
+
+    def judge(rows: slice):
+        same = query[rows, None] == stored[None, :]
+        return same, same, None
+
+    return judge, np.isin(query, stored)
+
+
+def labelled_rule_sweeps(
+    query_codes: np.ndarray,
+    query_labels: Sequence[str],
+    stored_codes: np.ndarray,
+    stored_labels: Sequence[str],
+    metric: str,
+    min_pairs: Iterable[int] = (1,),
+) -> tuple[dict[int, ThresholdSweep], dict[int, TopAnswerSweep]]:
+    """labelled_sweeps() and the top answers of the same pairs, in one pass."""
+    judge, in_scope = label_judge(query_labels, stored_labels)
+    return rule_sweeps(query_codes, stored_codes, metric, min_pairs, judge, in_scope)

@@ -1,0 +1,150 @@
+"""The top answer a desk sees: answered share, precision of the answered tops, out-of-scope no-match."""
+
+import numpy as np
+import pytest
+
+from app.evaluation.calibrate import (
+    MEAN_CODE,
+    CalibrationError,
+    Sweeps,
+    calibrate,
+    choose_top,
+    drop_out_of_scope,
+    out_of_scope_labels,
+    top_equal_precision_comparison,
+)
+from app.evaluation.sweep import (
+    ThresholdSweep,
+    TopAnswerSweep,
+    labelled_rule_sweeps,
+    label_judge,
+    top_events,
+)
+from app.search.reference import brute_force_search
+
+
+def hand_made():
+    """Closest-pair distances of 4 queries to 3 stored questions labelled a, b, c (min_pairs 1).
+    q0 (a): nearest a at 0.1, right. q1 (b): nearest a at 0.2, wrong. q2 (c): nearest c at 0.4,
+    right. q3 (z, a label nothing stored has: out of scope): nearest at 0.35, a wrong answer."""
+    d = np.array([[0.1, 0.5, 0.9], [0.2, 0.3, 0.8], [0.7, 0.6, 0.4], [0.35, 0.9, 0.9]])
+    judge, in_scope = label_judge(["a", "b", "c", "z"], ["a", "b", "c"])
+    right = judge(slice(0, 4))[1]
+    return TopAnswerSweep(*top_events(d, d, right), in_scope)
+
+
+def test_answered_share_and_precision_of_answered_tops_on_a_hand_made_distance_matrix():
+    sweep = hand_made()
+    assert (sweep.queries, sweep.out_of_scope) == (3, 1)
+    nothing = sweep.at(0.05)
+    assert (nothing.answered, nothing.answered_share, nothing.precision, nothing.out_of_scope_no_match) == (0, 0, None, 1)
+    at = sweep.at(0.25)  # q0 right, q1 wrong; q3 not yet answered
+    assert (at.answered, at.right, at.answered_share, at.precision) == (2, 1, pytest.approx(2 / 3), 0.5)
+    assert at.out_of_scope_no_match == 1.0 and at.net == 0.0
+    at = sweep.at(0.5)  # all in-scope answered (2 of 3 right); q3 got a wrong answer
+    assert (at.answered, at.right, at.out_of_scope_answered, at.out_of_scope_no_match) == (3, 2, 1, 0.0)
+    assert at.precision == pytest.approx(2 / 3) and at.net == pytest.approx((2 - 1 - 1) / 4)
+    assert at.as_dict()["precision_with_out_of_scope"] == pytest.approx(2 / 4)
+
+
+def test_the_best_top_point_reaches_the_target_and_separates_the_next_event():
+    sweep = hand_made()
+    best = sweep.best(0.9)  # only t in [0.1, 0.2) has precision 1
+    assert (best.answered, best.right, best.threshold) == (1, 1, pytest.approx(0.15))
+    assert sweep.best(None).threshold == pytest.approx(0.15)  # net 1/4, the most anywhere
+    assert sweep.max_answered_at_precision(0.6).answered == 3  # precision 2/3 with all three answered
+    assert sweep.best(1.01) is None and sweep.highest_precision() == 1.0
+
+
+def test_with_several_pairs_needed_the_top_changes_as_the_threshold_grows():
+    # Stored 0 (wrong): closest 0.1, 2nd pair 0.3. Stored 1 (right): closest 0.05, 2nd 0.5.
+    # Stored 2 (wrong): closest 0.2, 2nd 0.4: it enters, but 0 is closer, so the top stays 0.
+    nth = np.array([[0.3, 0.5, 0.4]])
+    closest = np.array([[0.1, 0.05, 0.2]])
+    right = np.array([[False, True, False]])
+    query, score, is_right = top_events(nth, closest, right)
+    assert score.tolist() == pytest.approx([0.3, 0.5]) and is_right.tolist() == [False, True]
+    sweep = TopAnswerSweep(query, score, is_right, np.array([True]), min_pairs=2)
+    assert (sweep.at(0.35).answered, sweep.at(0.35).right) == (1, 0)
+    assert (sweep.at(0.45).right, sweep.at(0.6).right) == (0, 1)
+
+
+@pytest.mark.parametrize("min_pairs", [1, 2, 5])
+def test_the_top_answers_are_the_services_first_results(min_pairs):
+    rng = np.random.default_rng(min_pairs)
+    stored = rng.normal(size=(40, 3, 4))
+    queries = rng.normal(size=(15, 3, 4))
+    stored_labels = [str(i % 5) for i in range(40)]
+    query_labels = [str(i % 6) for i in range(15)]  # label 5 is out of scope
+    _, tops = labelled_rule_sweeps(queries, query_labels, stored, stored_labels, "l2", [min_pairs])
+    sweep = tops[min_pairs]
+    assert sweep.out_of_scope == sum(label == "5" for label in query_labels)
+    for threshold in (1.5, 2.5, 3.5):
+        answered = right = oos_answered = 0
+        for q, label in zip(queries, query_labels, strict=True):
+            first = brute_force_search(q, np.arange(40), stored, threshold=threshold, min_pairs=min_pairs, limit=1)
+            if first and label == "5":
+                oos_answered += 1
+            elif first:
+                answered += 1
+                right += stored_labels[first[0].id] == label
+        at = sweep.at(threshold)
+        assert (at.answered, at.right, at.out_of_scope_answered) == (answered, right, oos_answered), threshold
+        subset = np.array([0, 3, 5, 11])
+        assert sweep.at(threshold, subset).queries == sum(query_labels[i] != "5" for i in subset)
+
+
+def test_out_of_scope_labels_hold_out_whole_labels_seeded():
+    labels = [f"l{i % 10}" for i in range(100)]
+    held = out_of_scope_labels(labels, 0.2, seed=3)
+    assert len(held) == 2 and held == out_of_scope_labels(labels, 0.2, seed=3)
+    assert out_of_scope_labels(labels, 0.0, seed=3) == []
+    assert len(out_of_scope_labels(["a", "b"], 0.9, seed=0)) == 1  # never every label
+    with pytest.raises(CalibrationError, match="at least 2 labels"):
+        out_of_scope_labels(["a", "a"], 0.2, seed=0)
+    stored, described = drop_out_of_scope(np.arange(50, 100), labels, np.arange(50), 0.2, seed=3)
+    assert not {labels[i] for i in stored} & set(held)
+    assert described["queries"] == 10 and described["stored_removed"] == 10 and described["labels"] == held
+
+
+def sweeps_with_tops():
+    """Two min_pairs options with different top answers, over the hand-made queries."""
+    base = hand_made()
+    # n = 2 answers q0 and q2 right from 0.3 on and never answers q1 or q3.
+    better = TopAnswerSweep(np.array([0, 2]), np.array([0.3, 0.3]), np.array([True, True]), base.in_scope, min_pairs=2)
+    pairwise = {1: ThresholdSweep(np.array([0.1, 0.3, 0.4]), np.array([0.2, 0.35])),
+                2: ThresholdSweep(np.array([0.3, 0.3]), np.array([0.9]), min_pairs=2)}
+    return Sweeps(pairwise, pairwise[1], 4, {1: base, 2: better}, base)
+
+
+def test_choose_top_takes_the_most_net_right_answers_at_the_target():
+    chosen = choose_top(sweeps_with_tops(), 0.9)
+    assert (chosen.min_pairs, chosen.answered, chosen.right) == (2, 2, 2)
+    with pytest.raises(CalibrationError, match="highest reached is 1.000"):
+        choose_top(sweeps_with_tops(), 1.5)
+
+
+def test_calibration_record_for_the_top_objective_holds_both_views():
+    result = calibrate(sweeps_with_tops(), target_precision=0.9, model_id="m", data={}, split={}, objective="top")
+    record = result.record
+    assert record["objective"] == "top" and record["chosen"]["min_pairs"] == 2
+    assert record["chosen"]["top"]["answered_share"] == pytest.approx(2 / 3)
+    assert record["chosen"]["top"]["out_of_scope_no_match"] == 1.0
+    assert record["chosen"]["precision"] == 1.0 and record["chosen"]["recall"] == 1.0  # pairwise, n = 2 at t > 0.3
+    assert [row["variant"] for row in record["variants"]] == [MEAN_CODE, "any-of-4", "2-of-4"]
+    comparison = record["top_equal_precision"]
+    assert set(comparison["versus_mean_code"]) == {"any-of-4", "2-of-4"}
+    # The pairwise objective still reports the top answers at its own choice.
+    pairs = calibrate(sweeps_with_tops(), target_precision=None, model_id="m", data={}, split={}, objective="pairs")
+    assert pairs.record["objective"] == "pairs" and pairs.record["chosen"]["top"] is not None
+
+
+def test_top_equal_precision_comparison_counts_where_sampling_answers_more():
+    mean = hand_made()
+    sampled = TopAnswerSweep(np.array([0, 1, 2]), np.array([0.1, 0.2, 0.2]), np.array([True, True, True]), mean.in_scope)
+    comparison = top_equal_precision_comparison(mean, {"any-of-25": sampled}, levels=(0.5, 0.9))
+    by_level = {row["precision"]: row["answered_share"] for row in comparison["levels"]}
+    assert by_level[0.9] == {MEAN_CODE: pytest.approx(1 / 3), "any-of-25": 1.0}
+    assert by_level[0.5] == {MEAN_CODE: 1.0, "any-of-25": 1.0}
+    verdict = comparison["versus_mean_code"]["any-of-25"]
+    assert verdict["levels_answering_more"] >= 1 and verdict["levels_answering_fewer"] == 0
