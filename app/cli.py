@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"qsim {__version__}")
     parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING)")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (summary, configure, handler) in _COMMANDS.items():
         p = sub.add_parser(name, help=summary, formatter_class=_HelpFormatter)
@@ -75,12 +76,36 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.handler(args)
-    except (CommandError, ArtifactError, ConfigFileError, CorpusError, EmptyTextError, FileNotFoundError) as error:
-        print(f"qsim {args.command}: error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as error:
+        # Every failure is one line and exit status 2; the traceback only with --debug.
+        if args.debug:
+            raise
+        print(f"qsim {args.command}: error: {describe(error)}", file=sys.stderr)
+        return 2
 
+
+def describe(error: BaseException) -> str:
+    """One line for an error: the messages of a settings validation error without pydantic's
+    decoration, the message of anything else (with its type when the message alone is unclear)."""
+    from pydantic import ValidationError
+
+    from app.model.artifact import ArtifactError
+    from app.model.config import ConfigFileError
+    from app.model.data import CorpusError
+    from app.model.text import EmptyTextError
+
+    if isinstance(error, ValidationError):
+        parts = []
+        for item in error.errors():
+            message = item["msg"].removeprefix("Value error, ")
+            where = ".".join(str(part) for part in item["loc"])
+            parts.append(f"{where}: {message}" if where else message)
+        return "invalid settings: " + "; ".join(parts)
+    message = " ".join(str(error).split()) or error.__class__.__name__
+    plain = (CommandError, ArtifactError, ConfigFileError, CorpusError, EmptyTextError, FileNotFoundError)
+    return message if isinstance(error, plain) else f"{message} ({error.__class__.__name__})"
 
 if __name__ == "__main__":
     # Run as a script, this module is __main__; commands register on the importable app.cli.

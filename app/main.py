@@ -10,8 +10,9 @@ from starlette.concurrency import run_in_threadpool
 
 from app import __version__
 from app.admin.router import router as admin_router
+from app.api.docs import install_docs
 from app.api.errors import install_error_handlers
-from app.api.middleware import BodySizeLimit, RequestMetrics
+from app.api.middleware import BodySizeLimit, BodyTimeout, HeadAsGet, RequestMetrics
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
 from app.core.metrics import Metrics
@@ -45,10 +46,13 @@ async def lifespan(app: FastAPI):
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level)
-    app = FastAPI(title="qsim", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="qsim", version=__version__, description=DESCRIPTION, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.settings = settings
     app.state.metrics = Metrics()
     install_error_handlers(app, settings.retry_after_seconds)
+    install_docs(app)
     app.include_router(web_router)  # first: /questions/map and /questions/explain before /questions/{id}
     app.include_router(questions_router)
     app.include_router(admin_router)
@@ -59,9 +63,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
+    app.add_middleware(HeadAsGet)
+    app.add_middleware(BodyTimeout, seconds=settings.body_timeout_seconds)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     return app

@@ -120,24 +120,34 @@ class Runtime:
 
     # ------------------------------------------------------------------ operations
 
-    def readiness(self) -> dict:
+    def readiness(self, writes: bool = False) -> dict:
+        """Whether this instance can answer searches (writes=False: the model and index are loaded
+        and, while the database answers, the index has applied its changes) or also writes
+        (writes=True: the database answers too). A database outage leaves searches answering from
+        the index, so it fails only the writes probe."""
         reasons = []
         status = self.engine.status()
         if not status["loaded"]:
             reasons.append(self.load_error or "loading the model and index")
+        database = "ok"
         try:
             self.db.ping()
             with self.db.reading() as session:
                 latest = repository.last_change(session)
         except SQLAlchemyError as error:
-            reasons.append(f"database not answering ({error.__class__.__name__})")
+            database = f"not answering ({error.__class__.__name__})"
+            if writes:
+                reasons.append(f"database {database}")
             latest = None
         if status["loaded"] and latest is not None and latest > status["revision"]:
             self.engine.sync(wait=False)
             status = self.engine.status()
             if latest > status["revision"]:
                 reasons.append(f"index has not yet applied {latest - status['revision']} database changes")
-        return {"status": "not ready" if reasons else "ready", "reasons": reasons, **status}
+        return {
+            "status": "not ready" if reasons else "ready", "reasons": reasons, "scope": "writes" if writes else "searches",
+            "database": database, **status,
+        }
 
     def metrics_exposition(self) -> bytes:
         status = self.engine.status()

@@ -9,9 +9,12 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
+from starlette.routing import Match
 
 from app.admin.service import JobConflict
 from app.core.errors import NotFoundError
@@ -40,6 +43,8 @@ class ValidationErrorBody(ErrorBody):
 
 class ConflictBody(ErrorBody):
     external_ids: list[str] | None = None
+    question_ids: list[int] | None = Field(None, description="the questions holding those external ids, in order")
+    id: int | None = Field(None, description="the existing question's id, when one external id clashed")
     job_id: str | None = None
 
 
@@ -71,6 +76,18 @@ def error(status: int, message: str, headers: dict | None = None, **extra) -> JS
     return JSONResponse({"detail": message, **extra}, status_code=status, headers=headers)
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app takes at this path (several routes may share a path)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE and getattr(route, "methods", None):
+            methods |= set(route.methods)
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI, retry_after_seconds: int) -> None:
     retry = {"Retry-After": str(retry_after_seconds)}
 
@@ -82,8 +99,22 @@ def install_error_handlers(app: FastAPI, retry_after_seconds: int) -> None:
         return invalid([{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()])
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400 and isinstance(exc.__cause__, ClientDisconnect):
+            return await _disconnected(request, exc.__cause__)
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            allowed = allowed_methods(request)
+            headers["Allow"] = ", ".join(allowed)
+            return error(405, f"method {request.method} not allowed here; this path takes {', '.join(allowed)}", headers=headers)
+        return error(exc.status_code, str(exc.detail), headers=headers or None)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _disconnected(request: Request, _: ClientDisconnect) -> Response:
+        # Nobody is left to answer and nothing failed here: not an error, not a 500. 499 is the
+        # status proxies log for "client closed the request"; it only reaches the metrics.
+        logger.info("client disconnected before its request body arrived: %s %s", request.method, request.url.path)
+        return Response(status_code=499)
 
     @app.exception_handler(NotFoundError)
     async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
@@ -91,7 +122,10 @@ def install_error_handlers(app: FastAPI, retry_after_seconds: int) -> None:
 
     @app.exception_handler(ExternalIdConflict)
     async def _conflict(_: Request, exc: ExternalIdConflict) -> JSONResponse:
-        return error(409, str(exc), external_ids=exc.external_ids)
+        extra = {"question_ids": exc.question_ids} if exc.question_ids else {}
+        if len(exc.question_ids) == 1:
+            extra["id"] = exc.question_ids[0]
+        return error(409, str(exc), external_ids=exc.external_ids, **extra)
 
     @app.exception_handler(JobConflict)
     async def _job_conflict(_: Request, exc: JobConflict) -> JSONResponse:

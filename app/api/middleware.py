@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import time
 
 from starlette.exceptions import HTTPException
@@ -60,6 +62,68 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+class BodyTimeout:
+    """408 when a request's body has not fully arrived `seconds` after the first read: a client
+    that stalls mid-body (or a slow-loris one) does not hold a worker slot indefinitely. Reads
+    after the body is complete (waiting for a disconnect) are not timed."""
+
+    def __init__(self, app: ASGIApp, seconds: float):
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.seconds <= 0:
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        complete = False
+
+        async def timed_receive() -> Message:
+            nonlocal deadline, complete
+            if complete:
+                return await receive()
+            if deadline is None:
+                deadline = loop.time() + self.seconds
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
+            except TimeoutError:
+                raise HTTPException(408, f"request body not received within {self.seconds:g} s") from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                complete = True
+            return message
+
+        await self.app(scope, timed_receive, send)
+
+
+HEAD_KEY = "qsim.head"
+_CONVERTOR = re.compile(r":\w+}")  # /questions/{question_id:int} -> /questions/{question_id}
+
+
+class HeadAsGet:
+    """HEAD answers like GET without the body, on every GET route (FastAPI routes take only the
+    methods they declare). Innermost middleware: the metrics still see HEAD."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        scope["method"] = "GET"
+        scope[HEAD_KEY] = True
+
+        async def without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b""}
+            await send(message)
+
+        await self.app(scope, receive, without_body)
+
+
 class RequestMetrics:
     """Counts and times requests per route template (not per raw path: bounded label values)."""
 
@@ -84,7 +148,7 @@ class RequestMetrics:
             await self.app(scope, receive, capture)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            method = scope["method"]
+            template = _CONVERTOR.sub("}", getattr(route, "path", None) or "unmatched")
+            method = "HEAD" if scope.get(HEAD_KEY) else scope["method"]
             self.metrics.requests.labels(method, template, str(status)).inc()
             self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)

@@ -1,23 +1,66 @@
-"""Route class shared by the API routers."""
+"""Route class shared by the API routers: the checks FastAPI leaves vague, made precise.
+
+- a body that is not UTF-8: 422 saying so (FastAPI alone answers a vague 400);
+- a body sent as anything but JSON (text/plain, a form): 415 naming application/json (FastAPI
+  alone validates the raw bytes and answers "Input should be a valid dictionary");
+- JSON nested deeper than the parser can follow: 400 saying so (FastAPI: "error parsing the body");
+- a query parameter the route does not take (`?offset=5`): 422 naming it, instead of ignoring it.
+"""
 
 from __future__ import annotations
 
+import email.message
 from collections.abc import Callable
 
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
+
+
+class UnsupportedMediaType(HTTPException):
+    def __init__(self, content_type: str):
+        super().__init__(
+            415, f"request body must be JSON: send it with 'Content-Type: application/json' (got {content_type!r})"
+        )
+
+
+def is_json(content_type: str) -> bool:
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+def query_names(dependant) -> set[str]:
+    """The query parameter names a route's dependant (and its dependencies) declare."""
+    names, pending = set(), [dependant]
+    while pending:
+        current = pending.pop()
+        names |= {param.alias for param in current.query_params}
+        pending.extend(current.dependencies)
+    return names
 
 
 class Utf8BodyRoute(APIRoute):
-    """A body that is not UTF-8 is a 422 that says so (FastAPI alone answers a vague 400)."""
-
     def get_route_handler(self) -> Callable:
         handler = super().get_route_handler()
+        known_query = query_names(self.dependant)
+        takes_body = self.body_field is not None
 
         async def route(request: Request) -> Response:
-            if request.method in ("POST", "PUT", "PATCH"):
+            unknown = [name for name in request.query_params if name not in known_query]
+            if unknown:
+                takes = ", ".join(sorted(known_query)) or "none"
+                raise RequestValidationError(
+                    [{"loc": ("query", name), "msg": f"unknown query parameter (this route takes: {takes})",
+                      "type": "extra_forbidden"} for name in unknown]
+                )
+            if takes_body and request.method in ("POST", "PUT", "PATCH"):
                 body = await request.body()  # cached: the handler reads it again for free
+                content_type = request.headers.get("content-type")
+                if body and content_type and not is_json(content_type):
+                    raise UnsupportedMediaType(content_type)
                 try:
                     body.decode("utf-8")
                 except UnicodeDecodeError as error:
@@ -25,6 +68,14 @@ class Utf8BodyRoute(APIRoute):
                         [{"loc": ("body",), "msg": f"request body is not valid UTF-8 (byte {error.start})",
                           "type": "utf8_invalid"}]
                     ) from None
-            return await handler(request)
+            try:
+                return await handler(request)
+            except HTTPException as error:
+                if error.status_code == 400 and isinstance(error.__cause__, RecursionError):
+                    raise HTTPException(
+                        400, "request body nests JSON arrays or objects too deeply to parse; "
+                        "no qsim request needs more than a few levels",
+                    ) from None
+                raise
 
         return route

@@ -71,10 +71,22 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     cors_origins: list[str] = Field(default_factory=list, description="CORS is closed unless origins are listed")
     max_body_bytes: int = 1_048_576
+    body_timeout_seconds: float = Field(
+        30.0, ge=0, description="a request body not fully received this long after it started gets 408 (0: no limit)"
+    )
     max_question_chars: int = 1000
     max_batch_questions: int = Field(256, description="questions per POST /questions/similar/batch")
     max_bulk_questions: int = Field(1000, description="questions per POST /questions/bulk")
     max_limit: int = 100
+    max_filter_keys: int = Field(16, ge=1, description="metadata keys one search filter may name")
+    min_coverage: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="a question whose visible characters the model's tokenizer knows less than this share of "
+        "(another script, emoji) is answered only with stored questions of the same text, and says so "
+        "(reason low_coverage)",
+    )
     search_timeout_seconds: float = Field(10.0, description="a queued search not answered by then gets 503")
     load_wait_seconds: float = Field(
         5.0,

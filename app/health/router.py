@@ -24,6 +24,8 @@ def healthz() -> dict:
 class Readiness(BaseModel):
     status: str = Field(description="ready or not ready")
     reasons: list[str] = Field(description="why not ready; empty when ready")
+    scope: str = Field(description="searches (GET /readyz) or writes (GET /readyz/writes)")
+    database: str = Field(description="ok, or why the database is not answering")
     loaded: bool
     model: str | None = None
     model_id: str | None = None
@@ -33,16 +35,23 @@ class Readiness(BaseModel):
     index_kind: str | None = None
 
 
-@router.get(
-    "/readyz",
-    summary="Ready to answer searches",
-    response_model=Readiness,
-    responses={503: {"description": "not ready, with reasons", "model": Readiness}},
-)
+NOT_READY = {503: {"description": "not ready, with reasons", "model": Readiness}}
+
+
+@router.get("/readyz", summary="Ready to answer searches", response_model=Readiness, responses=NOT_READY)
 def readyz(runtime: RuntimeDep) -> JSONResponse:
-    """Ready when the model and index are loaded, the database answers and the index has applied
-    every change in the database."""
-    report = runtime.readiness()
+    """For the load balancer in front of searches: ready when the model and index are loaded and
+    (while the database answers) the index has applied every change in it. A database outage does
+    not make it fail: searches keep being answered from the index (`database` says the outage)."""
+    report = runtime.readiness(writes=False)
+    return JSONResponse(report, status_code=200 if report["status"] == "ready" else 503)
+
+
+@router.get("/readyz/writes", summary="Ready to store questions", response_model=Readiness, responses=NOT_READY)
+def readyz_writes(runtime: RuntimeDep) -> JSONResponse:
+    """For what routes writes (POST/PUT/PATCH/DELETE /questions, POST /feedback, /admin): everything
+    /readyz needs, and the database answers."""
+    report = runtime.readiness(writes=True)
     return JSONResponse(report, status_code=200 if report["status"] == "ready" else 503)
 
 

@@ -12,7 +12,8 @@ def _import_args(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Load questions from a CSV (with header) or JSON-lines file into the database configured by "
         "QSIM_DATABASE_URL. Rows whose external id is already stored update that question, so importing "
-        "the same file again duplicates nothing. A running service picks the new questions up by itself."
+        "the same file again duplicates nothing. A running service picks the new questions up by itself. "
+        "A database without qsim's tables is migrated first (as `qsim serve` does)."
     )
     p.add_argument("--file", type=Path, required=True, help="CSV file with a header, or JSON lines (.jsonl)")
     p.add_argument("--text-column", required=True, help="column holding the question text")
@@ -30,7 +31,7 @@ def _import(args: argparse.Namespace) -> int:
 
     from app.core.config import get_settings
     from app.core.db import open_database
-    from app.core.migrations import check_schema
+    from app.core.migrations import upgrade_to_head
     from app.questions.importer import import_questions, read_questions
 
     settings = get_settings()
@@ -41,7 +42,7 @@ def _import(args: argparse.Namespace) -> int:
         print("note: without --external-id-column, importing this file again would add its questions again")
     database = open_database(settings.database_url, settings.database_timeout_seconds)
     try:
-        check_schema(database.engine)
+        upgrade_to_head(settings.database_url)
         with tqdm(total=len(questions), unit="q", disable=args.no_progress) as bar:
             report = import_questions(database, questions, args.batch_size, progress=bar.update)
     finally:

@@ -89,32 +89,36 @@ def count(session: Session) -> int:
     return session.execute(select(func.count()).select_from(Question)).scalar_one()
 
 
-def summaries(session: Session, ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
-    """id -> (text, external_id) for the ids that still exist."""
-    result: dict[int, tuple[str, str | None]] = {}
+def summaries(session: Session, ids: Sequence[int]) -> dict[int, tuple[str, str | None, str | None, Any]]:
+    """id -> (text, external_id, answer, metadata) for the ids that still exist."""
+    result: dict[int, tuple[str, str | None, str | None, Any]] = {}
     for start in range(0, len(ids), 1000):
         chunk = list(ids[start : start + 1000])
-        rows = session.execute(select(Question.id, Question.text, Question.external_id).where(Question.id.in_(chunk)))
-        result.update({row.id: (row.text, row.external_id) for row in rows})
+        rows = session.execute(
+            select(Question.id, Question.text, Question.external_id, Question.answer, Question.meta).where(
+                Question.id.in_(chunk)
+            )
+        )
+        result.update({row.id: (row.text, row.external_id, row.answer, row.meta) for row in rows})
     return result
 
 
 def iter_summaries(
     session: Session, batch_size: int = 5000, after_id: int = 0
-) -> Iterator[list[tuple[int, str, str | None]]]:
-    """Questions with id > after_id as batches of (id, text, external_id), in id order (keyset
-    pagination: no offset scans)."""
+) -> Iterator[list[tuple[int, str, str | None, str | None, Any]]]:
+    """Questions with id > after_id as batches of (id, text, external_id, answer, metadata), in id
+    order (keyset pagination: no offset scans)."""
     after = after_id
     while True:
         rows = session.execute(
-            select(Question.id, Question.text, Question.external_id)
+            select(Question.id, Question.text, Question.external_id, Question.answer, Question.meta)
             .where(Question.id > after)
             .order_by(Question.id)
             .limit(batch_size)
         ).all()
         if not rows:
             return
-        yield [(r.id, r.text, r.external_id) for r in rows]
+        yield [(r.id, r.text, r.external_id, r.answer, r.meta) for r in rows]
         after = rows[-1].id
 
 

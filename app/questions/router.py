@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
+from fastapi.exceptions import RequestValidationError
 
 from app.api.deps import QuestionsDep
 from app.api.errors import error_responses
@@ -19,6 +20,7 @@ from app.questions.schemas import (
     QuestionCreate,
     QuestionOut,
     QuestionPage,
+    QuestionPut,
     QuestionUpdate,
     SimilarBatchItem,
     SimilarBatchRequest,
@@ -35,6 +37,17 @@ router = APIRouter(
 
 MAX_ID = 2**63 - 1
 QuestionId = Annotated[int, Path(ge=1, le=MAX_ID, description="qsim's id of the question")]
+ExternalIdPath = Annotated[
+    str, Path(min_length=1, max_length=255, description="the desk's own id of the question (may contain /)")
+]
+
+
+def _checked_external_id(value: str) -> str:
+    if "\x00" in value:
+        raise RequestValidationError(
+            [{"loc": ("path", "external_id"), "msg": "must not contain NUL characters", "type": "value_error"}]
+        )
+    return value
 
 
 def _model(summary: ModelSummary) -> ModelInfo:
@@ -43,9 +56,16 @@ def _model(summary: ModelSummary) -> ModelInfo:
 
 def _results(hits: list[Hit]) -> list[SimilarQuestion]:
     return [
-        SimilarQuestion(id=h.id, text=h.text, external_id=h.external_id, distance=h.distance, pairs_within=h.pairs_within)
+        SimilarQuestion(
+            id=h.id, text=h.text, external_id=h.external_id, distance=h.distance, pairs_within=h.pairs_within,
+            answer=h.answer, metadata=h.meta,
+        )
         for h in hits
     ]
+
+
+def _query(text: str, body: SimilarRequest | SimilarBatchRequest) -> SearchQuery:
+    return SearchQuery(text, body.limit, body.threshold, body.min_pairs, SearchQuery.where(body.filter or None))
 
 
 def _new(item: QuestionCreate) -> NewQuestion:
@@ -55,27 +75,33 @@ def _new(item: QuestionCreate) -> NewQuestion:
 @router.post("/similar", response_model=SimilarResponse, summary="Questions that mean the same")
 async def similar(body: SimilarRequest, questions: QuestionsDep) -> SimilarResponse:
     """Stored questions with at least `min_pairs` of the K x K pairs of latent codes within
-    `threshold`, closest first."""
-    answer = await questions.similar_async(SearchQuery(body.question, body.limit, body.threshold, body.min_pairs))
+    `threshold`, closest first; with `filter`, among the questions whose metadata matches it."""
+    answer = await questions.similar_async(_query(body.question, body))
     return SimilarResponse(
         question=body.question,
         threshold=answer.threshold,
         min_pairs=answer.min_pairs,
         model=_model(answer.model),
+        coverage=answer.coverage,
+        reason=answer.reason,
+        reason_detail=answer.reason_detail,
         results=_results(answer.hits),
     )
 
 
 @router.post("/similar/batch", response_model=SimilarBatchResponse, summary="Similar questions for many")
 def similar_batch(body: SimilarBatchRequest, questions: QuestionsDep) -> SimilarBatchResponse:
-    answers = questions.similar_many(
-        [SearchQuery(text, body.limit, body.threshold, body.min_pairs) for text in body.questions]
-    )
+    answers = questions.similar_many([_query(text, body) for text in body.questions])
     return SimilarBatchResponse(
         threshold=answers[0].threshold,
         min_pairs=answers[0].min_pairs,
         model=_model(answers[0].model),
-        results=[SimilarBatchItem(question=q, results=_results(a.hits)) for q, a in zip(body.questions, answers, strict=True)],
+        results=[
+            SimilarBatchItem(
+                question=q, coverage=a.coverage, reason=a.reason, reason_detail=a.reason_detail, results=_results(a.hits)
+            )
+            for q, a in zip(body.questions, answers, strict=True)
+        ],
     )
 
 
@@ -132,13 +158,39 @@ def list_questions(
     )
 
 
-@router.get("/{question_id}", response_model=QuestionOut, summary="One stored question", responses=error_responses(404))
+@router.get(
+    "/by-external-id/{external_id:path}", response_model=QuestionOut, summary="The question with this external id",
+    responses=error_responses(404),
+)
+def get_by_external_id(external_id: ExternalIdPath, questions: QuestionsDep) -> QuestionOut:
+    return QuestionOut.model_validate(questions.get_by_external_id(_checked_external_id(external_id)))
+
+
+@router.put(
+    "/by-external-id/{external_id:path}", response_model=QuestionOut, summary="Create or replace by external id",
+    responses={201: {"description": "created", "model": QuestionOut}, **error_responses(422)},
+)
+def put_by_external_id(
+    external_id: ExternalIdPath, body: QuestionPut, questions: QuestionsDep, response: Response
+) -> QuestionOut:
+    """Idempotent upsert: 201 when the question is new, 200 when it was updated or already equal.
+    Replaying the same body returns the same id, creates nothing and logs no change. Fields left
+    out are stored as null (the body is the whole question)."""
+    outcome = questions.put_by_external_id(
+        NewQuestion(text=body.text, external_id=_checked_external_id(external_id), answer=body.answer, meta=body.metadata)
+    )
+    response.status_code = status.HTTP_201_CREATED if outcome.created else status.HTTP_200_OK
+    response.headers["Location"] = f"/questions/{outcome.question.id}"
+    return QuestionOut.model_validate(outcome.question)
+
+
+@router.get("/{question_id:int}", response_model=QuestionOut, summary="One stored question", responses=error_responses(404))
 def get_question(question_id: QuestionId, questions: QuestionsDep) -> QuestionOut:
     return QuestionOut.model_validate(questions.get(question_id))
 
 
 @router.patch(
-    "/{question_id}", response_model=QuestionOut, summary="Change a stored question", responses=error_responses(404, 409)
+    "/{question_id:int}", response_model=QuestionOut, summary="Change a stored question", responses=error_responses(404, 409)
 )
 def update_question(question_id: QuestionId, body: QuestionUpdate, questions: QuestionsDep) -> QuestionOut:
     """Only the fields sent change; a new text is re-encoded before this call returns."""
@@ -149,7 +201,7 @@ def update_question(question_id: QuestionId, body: QuestionUpdate, questions: Qu
 
 
 @router.delete(
-    "/{question_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a stored question",
+    "/{question_id:int}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a stored question",
     responses=error_responses(404),
 )
 def delete_question(question_id: QuestionId, questions: QuestionsDep) -> Response:

@@ -9,6 +9,7 @@ database error.
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -22,6 +23,7 @@ MAX_QUESTION_CHARS = _settings.max_question_chars
 MAX_LIMIT = _settings.max_limit
 MAX_BATCH = _settings.max_batch_questions
 MAX_BULK = _settings.max_bulk_questions
+MAX_FILTER_KEYS = _settings.max_filter_keys
 MAX_ANSWER_CHARS = 20_000
 MAX_METADATA_BYTES = 16_384
 
@@ -83,6 +85,34 @@ def _check_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
 Metadata = Annotated[dict[str, Any] | None, AfterValidator(_check_metadata)]
 
 
+def _check_filter(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is None:
+        return value
+    if len(value) > MAX_FILTER_KEYS:
+        raise ValueError(f"a filter may name at most {MAX_FILTER_KEYS} metadata keys, got {len(value)}")
+    for key, item in value.items():
+        _storable(key)
+        if isinstance(item, str):
+            _storable(item)
+        elif isinstance(item, bool) or (isinstance(item, int | float) and math.isfinite(item)):
+            continue
+        else:
+            kind = {dict: "an object", list: "an array", type(None): "null"}.get(type(item), "a non-finite number")
+            raise ValueError(f"filter value of {key!r} must be a string, a number or a boolean, got {kind}")
+    return value
+
+
+MetadataFilter = Annotated[
+    dict[str, Any] | None,
+    Field(
+        description="keep only stored questions whose metadata has each of these top-level keys with an equal "
+        "value (strings, numbers, booleans); the answer is the rule evaluated over exactly those questions",
+        examples=[{"tenant": "acme", "category": "cards"}],
+    ),
+    AfterValidator(_check_filter),
+]
+
+
 class StrictModel(BaseModel):
     """Requests: unknown fields are errors, and so are values of the wrong JSON type (no silent
     coercion of `false` to 0 or of "10" to 10)."""
@@ -101,6 +131,7 @@ class SearchOptions(StrictModel):
     min_pairs: int | None = Field(
         None, ge=1, description="pairs within t needed for a match; null: the model's default (1 = any of K x K)"
     )
+    filter: MetadataFilter = None
 
 
 class SimilarRequest(SearchOptions):
@@ -124,6 +155,17 @@ class SimilarQuestion(BaseModel):
     external_id: str | None
     distance: float = Field(description="the smallest distance among the K x K pairs of codes")
     pairs_within: int = Field(description="how many of the K x K pairs are within the threshold")
+    answer: str | None = Field(description="the stored answer")
+    metadata: dict[str, Any] | None = Field(description="the stored metadata")
+
+
+Reason = Literal["low_coverage"]
+COVERAGE = Field(description="share of the question's visible characters the model's tokenizer knows (0 to 1)")
+REASON = Field(
+    description="null for a normal answer; low_coverage: the model cannot read enough of the question "
+    "(coverage below QSIM_MIN_COVERAGE), so only stored questions with the same text are returned"
+)
+REASON_DETAIL = Field(description="the reason in words, null when there is none")
 
 
 class SimilarResponse(BaseModel):
@@ -131,11 +173,17 @@ class SimilarResponse(BaseModel):
     threshold: float
     min_pairs: int
     model: ModelInfo
+    coverage: float = COVERAGE
+    reason: Reason | None = REASON
+    reason_detail: str | None = REASON_DETAIL
     results: list[SimilarQuestion]
 
 
 class SimilarBatchItem(BaseModel):
     question: str
+    coverage: float = COVERAGE
+    reason: Reason | None = REASON
+    reason_detail: str | None = REASON_DETAIL
     results: list[SimilarQuestion]
 
 
@@ -186,6 +234,14 @@ class QuestionBulkCreate(StrictModel):
                     raise ValueError(f"external_id {question.external_id!r} appears more than once")
                 seen.add(question.external_id)
         return questions
+
+
+class QuestionPut(StrictModel):
+    """The whole question under an external id: fields left out are stored as null."""
+
+    text: QuestionText
+    answer: AnswerText | None = None
+    metadata: Metadata = None
 
 
 class QuestionUpdate(StrictModel):

@@ -32,12 +32,31 @@ class QuestionNotFound(NotFoundError):
         super().__init__(f"question {question_id} does not exist")
 
 
+class ExternalIdNotFound(NotFoundError):
+    def __init__(self, external_id: str):
+        super().__init__(f"no question has external_id {external_id!r}")
+
+
 class ExternalIdConflict(ValueError):
-    def __init__(self, external_ids: Sequence[str]):
+    """external ids already used by other questions; `question_ids` are those questions' ids (in the
+    same order), unknown (empty) when a concurrent writer took the id first."""
+
+    def __init__(self, external_ids: Sequence[str], question_ids: Sequence[int] = ()):
         shown = ", ".join(repr(e) for e in list(external_ids)[:10])
         more = f" and {len(external_ids) - 10} more" if len(external_ids) > 10 else ""
-        super().__init__(f"external_id already used by another question{': ' if shown else ''}{shown}{more}")
+        owners = ""
+        if len(question_ids) == 1:
+            owners = f" (question {question_ids[0]})"
+        super().__init__(f"external_id already used by another question{': ' if shown else ''}{shown}{owners}{more}")
         self.external_ids = list(external_ids)
+        self.question_ids = list(question_ids)
+
+
+@dataclass
+class PutOutcome:
+    question: Question
+    created: bool
+    changed: bool
 
 
 @dataclass
@@ -115,9 +134,9 @@ class QuestionService:
     @staticmethod
     def _check_free(session: Session, external_ids: Sequence[str | None], owner: int | None = None) -> None:
         taken = repository.by_external_ids(session, [e for e in external_ids if e is not None])
-        clashes = [e for e, question in taken.items() if question.id != owner]
+        clashes = [(e, question.id) for e, question in taken.items() if question.id != owner]
         if clashes:
-            raise ExternalIdConflict(clashes)
+            raise ExternalIdConflict([e for e, _ in clashes], [qid for _, qid in clashes])
 
     def create(self, item: NewQuestion) -> Question:
         def write(session: Session) -> Question:
@@ -132,7 +151,7 @@ class QuestionService:
         def write(session: Session) -> BulkOutcome:
             existing = repository.by_external_ids(session, [i.external_id for i in items if i.external_id])
             if existing and on_conflict == "error":
-                raise ExternalIdConflict(list(existing))
+                raise ExternalIdConflict(list(existing), [q.id for q in existing.values()])
             created = iter(repository.create(session, [i for i in items if i.external_id not in existing]))
             ordered: list[Question] = []
             updated = 0
@@ -152,13 +171,46 @@ class QuestionService:
         return self._commit_and_index(write)
 
     def update(self, question_id: int, fields: dict[str, Any]) -> Question:
+        """Changes the fields given; fields equal to what is stored change nothing, and a call that
+        changes nothing (an empty PATCH) writes nothing: no new updated_at, no change logged."""
+        if not fields:
+            return self.get(question_id)
+
         def write(session: Session) -> Question:
             question = repository.get_for_update(session, question_id)
             if question is None:
                 raise QuestionNotFound(question_id)
-            if fields.get("external_id") is not None:
-                self._check_free(session, [fields["external_id"]], owner=question_id)
-            return repository.update_fields(session, question, fields)
+            changed = {name: value for name, value in fields.items() if getattr(question, name) != value}
+            if not changed:
+                return question
+            if changed.get("external_id") is not None:
+                self._check_free(session, [changed["external_id"]], owner=question_id)
+            return repository.update_fields(session, question, changed)
+
+        return self._commit_and_index(write)
+
+    def get_by_external_id(self, external_id: str) -> Question:
+        with self.db.reading() as session:
+            question = repository.by_external_ids(session, [external_id]).get(external_id)
+        if question is None:
+            raise ExternalIdNotFound(external_id)
+        return question
+
+    def put_by_external_id(self, item: NewQuestion) -> PutOutcome:
+        """Creates the question with this external id, or makes the stored one equal to `item`
+        (text, answer and metadata; absent ones become null). Replaying the same item returns the
+        same question and writes nothing."""
+        assert item.external_id is not None
+
+        def write(session: Session) -> PutOutcome:
+            question = repository.by_external_ids(session, [item.external_id]).get(item.external_id)
+            if question is None:
+                return PutOutcome(repository.create(session, [item])[0], created=True, changed=True)
+            wanted = {"text": item.text, "answer": item.answer, "meta": item.meta}
+            changed = {name: value for name, value in wanted.items() if getattr(question, name) != value}
+            if changed:
+                repository.update_fields(session, question, changed)
+            return PutOutcome(question, created=False, changed=bool(changed))
 
         return self._commit_and_index(write)
 

@@ -6,9 +6,14 @@ search that started on the old state finishes on it. Syncing applies the changes
 index's revision; every change is idempotent, so replaying one twice is harmless, and the index
 converges to the database whatever order restarts, crashes and rebuilds happen in.
 
-The catalog (id -> text, external id) answers result lookups without a database round trip, so
-searches keep answering while the database is away; it always holds every id the index holds
-(added before the index, removed after it).
+The catalog (id -> text, external id, answer, metadata; see catalog.py) answers result lookups and
+evaluates metadata filters without a database round trip, so searches keep answering while the
+database is away; it always holds every id the index holds (added before the index, removed after
+it). A filter becomes the set of ids that pass, which the index searches exactly.
+
+A question the model cannot read (its tokenizer knows less than `min_coverage` of its visible
+characters: another script, emoji) would get codes that say little about its meaning; its answer
+keeps only the stored questions with the same normalised text (identical codes) and says why.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -30,14 +36,19 @@ from app.admin.models import ServiceState
 from app.core.config import Settings
 from app.core.db import Database
 from app.model.encoder import Encoded, QuestionEncoder
+from app.model.text import EmptyTextError, normalize
 from app.questions import repository
 from app.questions.models import CHANGE_DELETE, CHANGE_META, CHANGE_UPSERT
 from app.search import IndexFileError, SimilarityIndex
 from app.search.reference import Match
+from app.similarity.catalog import Catalog, CatalogEntry, InvalidFilter
 
 logger = logging.getLogger(__name__)
 
-Summary = tuple[str, str | None]  # text, external id
+Summary = CatalogEntry  # text, external id, answer, metadata
+LOW_COVERAGE = "low_coverage"
+# Identical codes are at distance 0 (l2: exactly; cosine: within rounding of 1 - cos).
+IDENTICAL_CODES_DISTANCE = 1e-9
 Progress = Callable[[float], None]
 
 DATABASE_ID_KEY = "database_id"
@@ -48,7 +59,7 @@ ACTIVE_MODEL_KEY = "active_model"
 class SearchState:
     encoder: QuestionEncoder
     index: SimilarityIndex
-    catalog: dict[int, Summary] = field(hash=False, compare=False)
+    catalog: Catalog = field(hash=False, compare=False)
 
     @property
     def revision(self) -> int:
@@ -62,6 +73,12 @@ class SearchQuery:
     limit: int
     threshold: float | None = None  # None: the model's calibrated default
     min_pairs: int | None = None
+    filter: tuple[tuple[str, Any], ...] | None = None  # metadata key = value, all must hold
+
+    @staticmethod
+    def where(mapping: dict[str, Any] | None) -> tuple[tuple[str, Any], ...] | None:
+        """A filter mapping as the hashable form SearchQuery holds (None: no filter)."""
+        return None if mapping is None else tuple(sorted(mapping.items()))
 
 
 @dataclass(frozen=True)
@@ -71,6 +88,8 @@ class Hit:
     external_id: str | None
     distance: float
     pairs_within: int
+    answer: str | None = None
+    meta: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +110,9 @@ class SearchAnswer:
     min_pairs: int
     model: ModelSummary
     hits: list[Hit]
+    coverage: float = 1.0  # share of the question's visible characters the tokenizer knows
+    reason: str | None = None  # why the answer is restricted (LOW_COVERAGE), None when it is not
+    reason_detail: str | None = None
 
 
 class InvalidQuery(ValueError):
@@ -240,11 +262,11 @@ class SimilarityEngine:
         self._saved_marker = (index.revision or 0, len(index), index.model_id)
         return SearchState(encoder, index, self._load_catalog())
 
-    def _load_catalog(self) -> dict[int, Summary]:
-        catalog: dict[int, Summary] = {}
+    def _load_catalog(self) -> Catalog:
+        catalog = Catalog()
         with self.db.reading() as session:
             for batch in repository.iter_summaries(session):
-                catalog.update((qid, (text, external_id)) for qid, text, external_id in batch)
+                catalog.update((row[0], CatalogEntry(*row[1:])) for row in batch)
         return catalog
 
     @property
@@ -275,7 +297,7 @@ class SimilarityEngine:
             revision = repository.last_change(session)
             total = max(repository.count(session), 1)
         index = self.new_index(encoder)
-        catalog: dict[int, Summary] = {}
+        catalog = Catalog()
         done = 0
         after = 0
         while True:
@@ -287,7 +309,7 @@ class SimilarityEngine:
             after = batch[-1][0]
             ids = np.fromiter((row[0] for row in batch), dtype=np.int64, count=len(batch))
             codes = encoder.sample([row[1] for row in batch])
-            catalog.update((qid, (text, external_id)) for qid, text, external_id in batch)
+            catalog.update((row[0], CatalogEntry(*row[1:])) for row in batch)
             index.add(ids, codes)
             done += len(batch)
             if progress:
@@ -355,7 +377,7 @@ class SimilarityEngine:
             if len(changes) < batch_size:
                 return
 
-    def _apply(self, state: SearchState, last_op: dict[int, str], summaries: dict[int, Summary], revision: int) -> None:
+    def _apply(self, state: SearchState, last_op: dict[int, str], summaries: dict[int, tuple], revision: int) -> None:
         # A row gone by now was deleted by a change we will also replay: remove it already.
         removed = [qid for qid, op in last_op.items() if op == CHANGE_DELETE or qid not in summaries]
         encode = [
@@ -363,8 +385,7 @@ class SimilarityEngine:
             for qid, op in last_op.items()
             if qid in summaries and (op == CHANGE_UPSERT or qid not in state.index)
         ]
-        for qid, summary in summaries.items():
-            state.catalog[qid] = summary
+        state.catalog.update((qid, CatalogEntry(*summary)) for qid, summary in summaries.items())
         codes = state.encoder.sample([summaries[qid][0] for qid in encode]) if encode else None
         state.index.apply(
             upsert_ids=np.asarray(encode, dtype=np.int64) if encode else None,
@@ -419,13 +440,13 @@ class SimilarityEngine:
 
     def search(self, queries: Sequence[SearchQuery]) -> list[SearchAnswer | InvalidQuery]:
         """Answers several queries with one encoder pass and one index search per distinct
-        (threshold, min_pairs, limit). A query the model cannot answer as asked gets an
+        (threshold, min_pairs, limit, filter). A query the model cannot answer as asked gets an
         InvalidQuery in its place; the others are answered."""
         self.refresh()
         state = self.state
         encoder = state.encoder
         answers: list[SearchAnswer | InvalidQuery | None] = [None] * len(queries)
-        groups: dict[tuple[float, int, int], list[int]] = {}
+        groups: dict[tuple, list[int]] = {}
         for position, query in enumerate(queries):
             try:
                 key = self._resolve(encoder, query)
@@ -437,16 +458,68 @@ class SimilarityEngine:
         unique_texts = list(dict.fromkeys(queries[p].text for p in valid))
         model = ModelSummary.of(encoder)
         codes = encoder.sample(unique_texts) if unique_texts else None
+        coverage = dict(zip(unique_texts, encoder.coverage(unique_texts), strict=True)) if unique_texts else {}
         row_of = {text: row for row, text in enumerate(unique_texts)}
-        for (threshold, min_pairs, limit), positions in groups.items():
-            rows = [row_of[queries[p].text] for p in positions]
-            found = state.index.search(codes[rows], threshold=threshold, min_pairs=min_pairs, limit=limit)
-            for position, matches in zip(positions, found, strict=True):
-                answers[position] = SearchAnswer(threshold, min_pairs, model, self._hits(state, matches))
+        minimum = self.settings.min_coverage
+        for (threshold, min_pairs, limit, where), positions in groups.items():
+            allowed = None
+            if where is not None:
+                try:
+                    allowed = state.catalog.allowed(dict(where))
+                except InvalidFilter as error:
+                    for p in positions:
+                        answers[p] = InvalidQuery(str(error), field="filter")
+                    continue
+            readable = [p for p in positions if coverage[queries[p].text] >= minimum]
+            unreadable = [p for p in positions if coverage[queries[p].text] < minimum]
+            if readable:
+                rows = [row_of[queries[p].text] for p in readable]
+                found = state.index.search(
+                    codes[rows], threshold=threshold, min_pairs=min_pairs, limit=limit, allowed=allowed
+                )
+                for position, matches in zip(readable, found, strict=True):
+                    answers[position] = SearchAnswer(
+                        threshold, min_pairs, model, self._hits(state, matches), coverage[queries[position].text]
+                    )
+            for position in unreadable:
+                text = queries[position].text
+                matches = self._identical(state, text, codes[[row_of[text]]], threshold, limit, allowed)
+                share = coverage[text]
+                answers[position] = SearchAnswer(
+                    threshold, min_pairs, model, self._hits(state, matches), share, LOW_COVERAGE,
+                    f"the model knows {share:.0%} of this question's characters (below QSIM_MIN_COVERAGE "
+                    f"{minimum:.0%}: another script or symbols it was not trained on), so its codes say little "
+                    "about its meaning; only stored questions with the same text are returned",
+                )
         return answers
 
     @staticmethod
-    def _resolve(encoder: QuestionEncoder, query: SearchQuery) -> tuple[float, int, int]:
+    def _identical(
+        state: SearchState, text: str, codes: np.ndarray, threshold: float, limit: int, allowed: np.ndarray | None
+    ) -> list[Match]:
+        """The stored questions with the same normalised text as `text` (hence identical codes),
+        with their distance and pairs within `threshold` computed as for any match."""
+        samples = codes.shape[1]
+        # Identical codes put the K diagonal pairs at distance 0: find those, confirm by text.
+        near = state.index.search(
+            codes, threshold=IDENTICAL_CODES_DISTANCE, min_pairs=samples, limit=4 * limit + 16, allowed=allowed
+        )[0]
+        wanted = normalize(text)
+        same = []
+        for match in near:
+            entry = state.catalog.get(match.id)
+            try:
+                if entry is not None and normalize(entry.text) == wanted:
+                    same.append(match.id)
+            except EmptyTextError:
+                continue
+        if not same:
+            return []
+        # min_pairs 0: every one of them is returned, with its pairs counted at the threshold.
+        return state.index.search(codes, threshold=threshold, min_pairs=0, limit=limit, allowed=np.asarray(same))[0]
+
+    @staticmethod
+    def _resolve(encoder: QuestionEncoder, query: SearchQuery) -> tuple:
         threshold = encoder.default_threshold if query.threshold is None else query.threshold
         min_pairs = encoder.default_min_pairs if query.min_pairs is None else query.min_pairs
         pairs = encoder.samples_per_question**2
@@ -456,15 +529,17 @@ class SimilarityEngine:
                 f"x {encoder.samples_per_question} stored codes)",
                 field="min_pairs",
             )
-        return threshold, min_pairs, query.limit
+        return threshold, min_pairs, query.limit, query.filter
 
     @staticmethod
     def _hits(state: SearchState, matches: list[Match]) -> list[Hit]:
         hits = []
         for match in matches:
-            summary = state.catalog.get(match.id)
-            if summary is not None:  # deleted while we searched
-                hits.append(Hit(match.id, summary[0], summary[1], match.distance, match.pairs_within))
+            entry = state.catalog.get(match.id)
+            if entry is not None:  # deleted while we searched
+                hits.append(
+                    Hit(match.id, entry.text, entry.external_id, match.distance, match.pairs_within, entry.answer, entry.meta)
+                )
         return hits
 
     def encode(self, text: str) -> tuple[ModelSummary, Encoded]:

@@ -41,8 +41,12 @@ def test_outage_gives_fast_503s_and_the_service_recovers_by_itself(proxied):
     assert "database unavailable" in response.json()["detail"]
     assert time.monotonic() - started < 5.0
     assert client.get(f"/questions/{kept['id']}").status_code == 503
+    # Split readiness: the searches probe stays green (the index answers), the writes probe fails.
     ready = client.get("/readyz")
-    assert ready.status_code == 503 and "database not answering" in ready.json()["reasons"][0]
+    assert ready.status_code == 200 and ready.json()["database"].startswith("not answering")
+    writes = client.get("/readyz/writes")
+    assert writes.status_code == 503 and "database not answering" in writes.json()["reasons"][0]
+    assert client.head("/readyz").status_code == 200 and client.head("/readyz/writes").status_code == 503
     search = client.post("/questions/similar", json={"question": "stored before the outage", "threshold": 1e-9})
     assert search.status_code == 200 and search.json()["results"][0]["id"] == kept["id"]
 
@@ -51,7 +55,7 @@ def test_outage_gives_fast_503s_and_the_service_recovers_by_itself(proxied):
     while client.post("/questions", json={"text": "written after the outage"}).status_code != 201:
         assert time.monotonic() < deadline, "not recovered within 5 s of the database returning"
         time.sleep(0.1)
-    assert client.get("/readyz").status_code == 200
+    assert client.get("/readyz").status_code == 200 and client.get("/readyz/writes").status_code == 200
     assert client.get(f"/questions/{kept['id']}").json()["text"] == "stored before the outage"
     texts = [q["text"] for q in client.get("/questions").json()["items"]]
     assert "written during the outage" not in texts and "written after the outage" in texts

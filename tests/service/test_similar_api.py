@@ -21,7 +21,7 @@ def test_response_names_the_rule_and_model_and_uses_calibrated_defaults(client, 
     assert body["question"] == "my card has not arrived"
     assert body["threshold"] == tiny_encoder.default_threshold
     assert body["min_pairs"] == tiny_encoder.default_min_pairs
-    assert body["model"] == {"name": "tiny", "id": tiny_encoder.model_id, "metric": "l2", "samples": 5}
+    assert body["model"] == {"name": "tiny", "id": tiny_encoder.model_id, "metric": tiny_encoder.metric, "samples": 5}
 
 
 def test_same_question_same_answer_every_time(client, stored):
