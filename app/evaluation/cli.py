@@ -79,6 +79,12 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
         "--tsne-points", type=int, default=1000,
         help="means in the t-SNE panel of the latent map (a seeded sample; 0: PCA only)",
     )
+    p.add_argument(
+        "--out-of-scope-fraction", type=_fraction, default=0.0,
+        help="share of the queries' labels whose questions are removed from the stored corpus (seeded by --seed), so "
+        "their queries have no right answer: the report says how many of them got no match at the model's rule "
+        "(default 0: none)",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the index runs (default: QSIM_DEVICE)")
     p.add_argument("--seed", type=int, default=0, help="seed of the latency and t-SNE samples (default: 0)")
 
@@ -101,6 +107,31 @@ def _held_out_parts(corpus, model_config: dict, fraction: float, seed: int):
     return part(stored, "stored part"), part(held_out, "held-out queries")
 
 
+def _without_out_of_scope(corpus, queries, fraction: float, seed: int):
+    """The corpus without the questions of a seeded `fraction` of the queries' labels -> (corpus, description)."""
+    from app.evaluation.calibrate import CalibrationError, out_of_scope_labels
+    from app.model.data import Corpus
+
+    try:
+        held = set(out_of_scope_labels(queries.labels, fraction, seed))
+    except CalibrationError as error:
+        raise CommandError(str(error)) from None
+    keep = [i for i, label in enumerate(corpus.labels) if label not in held]
+    if not keep:
+        raise CommandError("--out-of-scope-fraction leaves no stored question")
+    described = {"fraction": fraction, "seed": seed, "labels": sorted(held),
+                 "queries": sum(label in held for label in queries.labels), "stored_removed": len(corpus) - len(keep),
+                 "rule": "whole labels removed from the stored corpus; their queries should get no match"}
+    print(f"out of scope: {len(held)} labels removed from the corpus ({described['stored_removed']} questions), "
+          f"{described['queries']} of the queries have no right answer")
+    part = Corpus(
+        [corpus.texts[i] for i in keep], [corpus.labels[i] for i in keep], sha256=corpus.sha256,
+        path=f"{corpus.path} (without {len(held)} out-of-scope labels)",
+        text_column=corpus.text_column, label_column=corpus.label_column,
+    )
+    return part, described
+
+
 @command("evaluate", "measure retrieval quality against TF-IDF, BM25 and MiniLM; write a report", _evaluate_args)
 def _evaluate(args: argparse.Namespace) -> int:
     from app.core.config import get_settings
@@ -115,6 +146,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         corpus, queries = _held_out_parts(corpus, encoder.artifact.config, args.holdout_fraction, args.seed)
     else:
         queries = read_corpus(args.queries, args.text_column, args.label_column)
+    out_of_scope = None
+    if args.out_of_scope_fraction > 0:
+        corpus, out_of_scope = _without_out_of_scope(corpus, queries, args.out_of_scope_fraction, args.seed)
     pairs = encoder.samples_per_question**2
     if args.n_of_pairs is not None and not 1 < args.n_of_pairs <= pairs:
         raise CommandError(f"--n-of-pairs must be between 2 and {pairs} (the model has {pairs} pairs), got {args.n_of_pairs}")
@@ -126,10 +160,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         tsne_points=args.tsne_points,
         device=args.device or get_settings().device,
         seed=args.seed,
+        out_of_scope=out_of_scope,
     )
     report = run_evaluation(encoder, corpus, queries, args.out, options)
     for row in report["ranking"]:
         print(f"{row['method']:<40} P@1 {row['precision_at_1']:.3f}  MAP@10 {row['map_at_10']:.3f}  hit@10 {row['hit_at_10']:.3f}")
+    print(f"top answer at the model's rule: {_top_line(report['top_answer']['model_rule'])}")
+    print(report["mean_code_finding"]["statement"])
     print(f"report: {args.out / 'report.md'} ({report['total_seconds']:.0f} s)")
     return 0
 
@@ -137,20 +174,38 @@ def _evaluate(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------- calibrate
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
 def _calibrate_args(p: argparse.ArgumentParser) -> None:
-    from app.evaluation.calibrate import DEFAULT_MIN_PAIRS_OPTIONS
+    from app.evaluation.calibrate import (
+        DEFAULT_MIN_PAIRS_OPTIONS,
+        DEFAULT_OUT_OF_SCOPE_FRACTION,
+        DEFAULT_TOP_TARGET_PRECISION,
+        OBJECTIVES,
+    )
 
     p.description = (
         "Choose the search threshold t and min_pairs on held-out data and store them in the model artifact "
         "(config.json; the model id does not change), where the service uses them for requests that give no "
         "threshold. Held-out data is either a labelled corpus (split into stored questions and held-out queries; "
         "the trainer's validation rows when it is the model's own training corpus) or a file of labelled pairs. "
-        "Objective: best F1, or with --target-precision the largest recall at that precision. Also records how "
-        "any-of-K×K compares with a single (mean) code at equal precision.\n\n"
+        "Objective 'top' (default): what a desk sees, the first result: the most net right answers "
+        "(right minus wrong, an answer to an out-of-scope query is wrong) with precision of the answered top results "
+        f">= --target-precision (default {DEFAULT_TOP_TARGET_PRECISION}); with --out-of-scope-fraction whole labels "
+        "are removed from the stored side, so their queries should get no match. Objective 'pairs': every returned "
+        "question counts, best F1, or with --target-precision the largest recall at that precision. Both views are "
+        "recorded for the chosen point, and how any-of-K×K compares with a single (mean) code at equal precision.\n\n"
         "examples:\n"
         "  qsim calibrate --model models/default --corpus data/banking77/train.csv --text-column text "
         "--label-column category\n"
-        "  qsim calibrate --model models/default --pairs pairs.csv --target-precision 0.9"
+        "  qsim calibrate --model models/default --pairs pairs.csv --target-precision 0.9\n"
+        "  qsim calibrate --model models/default --corpus data/banking77/train.csv --text-column text "
+        "--label-column category --objective pairs"
     )
     p.add_argument("--model", type=Path, required=True, help="model artifact directory to calibrate (updated in place)")
     p.add_argument("--corpus", type=Path, help="labelled corpus (CSV with a header, or JSON lines); needs --label-column")
@@ -165,8 +220,20 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
         help="the columns of --pairs (default: the file's first three columns, in that order)",
     )
     p.add_argument(
+        "--objective", choices=OBJECTIVES, default="top",
+        help="top (default): judge the rule by the top answer; pairs: by every returned question (F1/recall)",
+    )
+    p.add_argument(
         "--target-precision", type=_probability,
-        help="choose the largest recall with at least this precision (default: the best F1)",
+        help=f"top: precision of the answered top results to hold (default {DEFAULT_TOP_TARGET_PRECISION}); "
+        "pairs: choose the largest recall with at least this precision (default: the best F1)",
+    )
+    p.add_argument(
+        "--out-of-scope-fraction", type=_fraction,
+        help=f"share of the held-out queries' labels removed from the stored side, so their queries should get no "
+        f"match (default: {DEFAULT_OUT_OF_SCOPE_FRACTION} for --corpus with objective top, else 0; for --pairs: the "
+        "share of answerable queries whose duplicates are removed; queries with no marked duplicate are out of "
+        "scope anyway)",
     )
     p.add_argument(
         "--min-pairs-options", type=_positive_int, nargs="+", default=list(DEFAULT_MIN_PAIRS_OPTIONS), metavar="N",
@@ -184,16 +251,52 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the choice, leave the model artifact unchanged")
 
 
+def _top_line(top: dict | None) -> str:
+    if top is None:
+        return "top answers not measured"
+    precision = "–" if top["precision"] is None else f"{top['precision']:.3f}"
+    line = f"answered {top['answered_share']:.3f} of {top['queries']} in scope, precision of answered tops {precision}"
+    if top["out_of_scope"]:
+        line += f", no match for {top['out_of_scope_no_match']:.3f} of {top['out_of_scope']} out of scope"
+    return line + f", net {top['net']:+.3f}"
+
+
+def print_calibration(record: dict, log=print) -> None:
+    """The calibration record as the commands print it."""
+    from app.evaluation.report import render_equal_precision, render_top_equal_precision
+
+    split = record["split"]
+    held_out = f"{split['queries']} held-out queries" if "queries" in split else f"{split['pairs']} labelled pairs"
+    log(f"{record['method']} on {held_out}:")
+    for row in record["variants"]:
+        if row["threshold"] is None:
+            log(f"  {row['variant']:<12} unreachable")
+        else:
+            log(f"  {row['variant']:<12} t {row['threshold']:<10.5g} pairs: precision {row['precision']:.3f} "
+                f"recall {row['recall']:.3f} F1 {row['f1']:.3f}; top: {_top_line(row.get('top'))}")
+    chosen = record["chosen"]
+    log(f"chosen: threshold {chosen['threshold']:.6g}, min_pairs {chosen['min_pairs']} "
+        f"(pairs: precision {chosen['precision']:.3f}, recall {chosen['recall']:.3f}, F1 {chosen['f1']:.3f}; "
+        f"top: {_top_line(chosen.get('top'))})")
+    log("recall at equal precision, the mean code against K sampled codes:")
+    log("\n".join(render_equal_precision(record["equal_precision"], heading=False)))
+    if "top_equal_precision" in record:
+        log("answered share at equal precision of the answered tops, the mean code against K sampled codes:")
+        log("\n".join(render_top_equal_precision(record["top_equal_precision"], heading=False)))
+
+
 @command("calibrate", "choose the threshold and min_pairs on held-out data; store them in the model", _calibrate_args)
 def _calibrate(args: argparse.Namespace) -> int:
     from app.evaluation.calibrate import (
+        DEFAULT_OUT_OF_SCOPE_FRACTION,
+        DEFAULT_TOP_TARGET_PRECISION,
         CalibrationError,
         calibrate,
+        drop_out_of_scope,
         holdout_split,
         sweep_labelled,
         sweep_pairs,
     )
-    from app.evaluation.report import render_equal_precision
     from app.model.artifact import update_search_defaults
     from app.model.config import SearchDefaults
     from app.model.data import read_corpus, read_pairs
@@ -204,54 +307,54 @@ def _calibrate(args: argparse.Namespace) -> int:
         raise CommandError("--corpus needs --text-column and --label-column")
     if not 0 < args.holdout_fraction < 1:
         raise CommandError(f"--holdout-fraction must be between 0 and 1, got {args.holdout_fraction}")
+    if args.max_queries < 1:
+        raise CommandError(f"--max-queries must be at least 1, got {args.max_queries}")
     encoder = _load_encoder(args.model)
     pairs = encoder.samples_per_question**2
     options = sorted({n for n in args.min_pairs_options if n <= pairs})
     if not options:
         raise CommandError(f"no --min-pairs-options within 1..{pairs} (the model has {pairs} pairs)")
+    target = args.target_precision
+    if target is None and args.objective == "top":
+        target = DEFAULT_TOP_TARGET_PRECISION
+    out_of_scope = args.out_of_scope_fraction
+    if out_of_scope is None:
+        out_of_scope = DEFAULT_OUT_OF_SCOPE_FRACTION if args.objective == "top" and args.corpus is not None else 0.0
 
-    if args.pairs is not None:
-        data = read_pairs(args.pairs, tuple(args.pair_columns) if args.pair_columns else None)
-        sweeps = sweep_pairs(encoder, data, options)
-        described = {"kind": "pairs", "path": data.path, "sha256": data.sha256, "columns": list(data.columns),
-                     "rows": len(data), "duplicates": int(sum(data.duplicate))}
-        split = {"method": "every labelled pair", "pairs": len(data)}
-    else:
-        corpus = read_corpus(args.corpus, args.text_column, args.label_column)
-        stored, held_out, split = holdout_split(
-            corpus, encoder.artifact.config, args.holdout_fraction, args.seed, args.max_queries
-        )
-        pick = lambda values, rows: [values[i] for i in rows]  # noqa: E731
-        sweeps = sweep_labelled(
-            encoder, pick(corpus.texts, stored), pick(corpus.labels, stored),
-            pick(corpus.texts, held_out), pick(corpus.labels, held_out), options,
-        )
-        described = {"kind": "labels", "path": corpus.path, "sha256": corpus.sha256, "rows": len(corpus),
-                     "text_column": corpus.text_column, "label_column": corpus.label_column}
     try:
+        if args.pairs is not None:
+            data = read_pairs(args.pairs, tuple(args.pair_columns) if args.pair_columns else None)
+            sweeps = sweep_pairs(encoder, data, options, out_of_scope_fraction=out_of_scope, seed=args.seed,
+                                 max_queries=args.max_queries)
+            described = {"kind": "pairs", "path": data.path, "sha256": data.sha256, "columns": list(data.columns),
+                         "rows": len(data), "duplicates": int(sum(data.duplicate))}
+            split = {"method": "every labelled pair", "pairs": len(data)}
+        else:
+            corpus = read_corpus(args.corpus, args.text_column, args.label_column)
+            stored, held_out, split = holdout_split(
+                corpus, encoder.artifact.config, args.holdout_fraction, args.seed, args.max_queries
+            )
+            stored, split["out_of_scope"] = drop_out_of_scope(stored, corpus.labels, held_out, out_of_scope, args.seed)
+            split["stored"] = int(len(stored))
+            pick = lambda values, rows: [values[i] for i in rows]  # noqa: E731
+            sweeps = sweep_labelled(
+                encoder, pick(corpus.texts, stored), pick(corpus.labels, stored),
+                pick(corpus.texts, held_out), pick(corpus.labels, held_out), options,
+            )
+            described = {"kind": "labels", "path": corpus.path, "sha256": corpus.sha256, "rows": len(corpus),
+                         "text_column": corpus.text_column, "label_column": corpus.label_column}
         result = calibrate(
-            sweeps, target_precision=args.target_precision, model_id=encoder.model_id, data=described, split=split
+            sweeps, target_precision=target, model_id=encoder.model_id, data=described, split=split,
+            objective=args.objective,
         )
     except CalibrationError as error:
         raise CommandError(str(error)) from None
 
-    record = result.record
-    held_out = f"{split['queries']} held-out queries" if "queries" in split else f"{split['pairs']} labelled pairs"
-    print(f"{record['method']} on {held_out}:")
-    for row in record["variants"]:
-        if row["threshold"] is None:
-            print(f"  {row['variant']:<12} unreachable")
-        else:
-            print(f"  {row['variant']:<12} t {row['threshold']:<10.5g} precision {row['precision']:.3f} "
-                  f"recall {row['recall']:.3f} F1 {row['f1']:.3f}")
-    chosen = result.chosen
-    print(f"chosen: threshold {chosen.threshold:.6g}, min_pairs {chosen.min_pairs} "
-          f"(precision {chosen.precision:.3f}, recall {chosen.recall:.3f}, F1 {chosen.f1:.3f})")
-    print("recall at equal precision, the mean code against K sampled codes:")
-    print("\n".join(render_equal_precision(record["equal_precision"], heading=False)))
+    print_calibration(result.record)
     if args.dry_run:
         print("dry run: the model artifact is unchanged")
         return 0
-    update_search_defaults(args.model, SearchDefaults(threshold=chosen.threshold, min_pairs=chosen.min_pairs, calibration=record))
+    chosen = result.chosen
+    update_search_defaults(args.model, SearchDefaults(threshold=chosen.threshold, min_pairs=chosen.min_pairs, calibration=result.record))
     print(f"stored in {args.model / 'config.json'} (model id {encoder.model_id} unchanged)")
     return 0

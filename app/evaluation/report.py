@@ -29,6 +29,7 @@ from app.evaluation.calibrate import (
     equal_precision_comparison,
     n_of,
     sweep_labelled,
+    top_equal_precision_comparison,
 )
 from app.evaluation.harness import RetrievalRun, run_retriever
 from app.evaluation.metrics import RANK_DEPTH, ranking_metrics, set_metrics
@@ -57,6 +58,7 @@ class EvaluationOptions:
     tsne_points: int = 1000
     device: str = "auto"
     seed: int = 0
+    out_of_scope: dict | None = None  # how labels were held out of the corpus (the CLI's --out-of-scope-fraction)
 
 
 @dataclass
@@ -164,6 +166,18 @@ def run_evaluation(
     comparison = equal_precision_comparison(
         sweeps.mean, {k: v for k, v in variant_sweeps.items() if k != MEAN_CODE}
     )
+    variant_tops = {MEAN_CODE: (sweeps.mean_top, 1), any_of(pairs): (sweeps.tops[1], 1)}
+    if n_of_pairs:
+        variant_tops[n_of(n_of_pairs, pairs)] = (sweeps.tops[n_of_pairs], n_of_pairs)
+    with stage(f"top answers through the index at t = {threshold:.6g}, min_pairs {model_min_pairs}"):
+        top_answer = _top_answers(variant_tops, sweeps.tops[model_min_pairs], qsim, qsim_run.encoded, threshold,
+                                  model_min_pairs, pairs)
+    top_answer["equal_precision"] = top_equal_precision_comparison(
+        sweeps.mean_top, {k: v for k, (v, _) in variant_tops.items() if k != MEAN_CODE}
+    )
+    ranking[0] |= _top_columns(top_answer["model_rule"])
+    ranking[1] |= _top_columns(top_answer["at_model_threshold"][0])
+    mean_code_finding = _mean_code_finding(comparison, top_answer["equal_precision"], ranking, any_of(pairs))
 
     with stage("plots"):
         figures = _plots(encoder, corpus, qsim, variant_sweeps, threshold, ranking, out_dir, options, log)
@@ -189,6 +203,7 @@ def run_evaluation(
             "text_column": corpus.text_column,
             "label_column": corpus.label_column,
             "relevant": "a stored question with the query's label",
+            "out_of_scope": options.out_of_scope,
         },
         "ranking": ranking,
         "skipped_baselines": skipped,
@@ -200,6 +215,8 @@ def run_evaluation(
             "at_own_calibrated_threshold": own_thresholds,
         },
         "equal_precision": comparison,
+        "top_answer": top_answer,
+        "mean_code_finding": mean_code_finding,
         "curves": {name: sweep.curve(max_points=200) for name, sweep in variant_sweeps.items()},
         "figures": [p.name for p in figures],
         "environment": environment | {"load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
@@ -243,6 +260,70 @@ def _rule_at_threshold(variants, sweeps, encoded_queries, corpus, queries, thres
         row["returned_per_query"] = row["returned"] / max(len(queries), 1)
         rows.append(row)
     return rows
+
+
+def _top_columns(point: dict) -> dict:
+    return {"answered_share": point["answered_share"], "precision_answered_top": point["precision"],
+            "out_of_scope_no_match": point["out_of_scope_no_match"]}
+
+
+def _top_answers(variants, model_sweep, qsim, encoded_queries, threshold, min_pairs, pairs) -> dict:
+    """The top answer each variant gives at t, from the exact sweep, and the model's rule (t,
+    min_pairs) checked against the service's index: its first result per query, asked query batch by
+    query batch in a seeded order until every query is done or INDEX_CHECK_SECONDS are spent."""
+    rows = [{"variant": name, "min_pairs": n, "threshold": threshold} | sweep.at(threshold).as_dict()
+            for name, (sweep, n) in variants.items()]
+    order = np.random.default_rng(1).permutation(len(encoded_queries.mean))
+    firsts: dict[int, list] = {}
+    deadline = time.perf_counter() + INDEX_CHECK_SECONDS
+    for start in range(0, len(order), INDEX_CHECK_BATCH):
+        if firsts and time.perf_counter() > deadline:
+            break
+        batch = order[start : start + INDEX_CHECK_BATCH]
+        for q, result in zip(batch, qsim.search(subset(encoded_queries, batch), threshold=threshold,
+                                                 min_pairs=min_pairs, limit=1), strict=True):
+            firsts[int(q)] = result
+    checked = np.array(sorted(firsts), dtype=np.int64)
+    expected = model_sweep.at(threshold, checked)
+    answered = [q for q in checked if firsts[q]]
+    in_scope = model_sweep.in_scope
+    index_answered = sum(bool(in_scope[q]) for q in answered)
+    model_rule = {"variant": n_of(min_pairs, pairs), "min_pairs": min_pairs, "threshold": threshold}
+    model_rule |= model_sweep.at(threshold).as_dict()
+    model_rule |= {
+        "index_checked_queries": len(checked),
+        "index_agrees": (index_answered, len(answered) - index_answered)
+        == (expected.answered, expected.out_of_scope_answered),
+    }
+    return {"model_rule": model_rule, "at_model_threshold": rows}
+
+
+def _mean_code_finding(pairwise: dict, top: dict, ranking: list[dict], any_name: str) -> dict:
+    """Round 1's finding, re-tested: is the single mean code at least as good as any-of-K×K, at equal
+    pairwise precision (recall), at equal precision of the answered tops (answered share), and in P@1?"""
+    recall = pairwise["versus_mean_code"].get(any_name, {})
+    answered = top["versus_mean_code"].get(any_name, {})
+    p1 = {"any_of": ranking[0]["precision_at_1"], "mean_code": ranking[1]["precision_at_1"]}
+    holds = {
+        "recall_at_equal_precision": recall.get("levels_with_higher_recall", 0) == 0,
+        "answered_at_equal_top_precision": answered.get("levels_answering_more", 0) == 0,
+        "precision_at_1": p1["mean_code"] >= p1["any_of"],
+    }
+    statement = (
+        f"{'Holds' if all(holds.values()) else 'Does not hold everywhere'}: "
+        f"{any_name} has a higher recall than the mean code at {recall.get('levels_with_higher_recall', 0)} of "
+        f"{recall.get('levels_compared', 0)} precision levels (mean difference "
+        f"{_signed(recall.get('mean_recall_gain'))}); it answers more queries at equal precision of the answered tops "
+        f"at {answered.get('levels_answering_more', 0)} of {answered.get('levels_compared', 0)} levels (fewer at "
+        f"{answered.get('levels_answering_fewer', 0)}; mean difference in answered share "
+        f"{_signed(answered.get('mean_answered_gain'))}); P@1 {p1['any_of']:.3f} against the mean code's "
+        f"{p1['mean_code']:.3f}."
+    )
+    return {"variant": any_name, "holds": holds, "precision_at_1": p1, "statement": statement}
+
+
+def _signed(value) -> str:
+    return "–" if value is None else f"{value:+.3f}"
 
 
 def _at_own_calibrated_thresholds(calibration: dict | None, sweeps) -> list[dict]:
@@ -328,10 +409,12 @@ def render_markdown(report: dict) -> str:
         "",
     ]
     lines += _table(
-        ["method", "P@1", "MAP@10", "hit@10", "encode q/s (batch 256)", "latency p50 ms", "latency p95 ms"],
+        ["method", "P@1", "MAP@10", "hit@10", "answered at the rule", "precision of answered tops",
+         "encode q/s (batch 256)", "latency p50 ms", "latency p95 ms"],
         [
             [
                 r["method"], _f(r["precision_at_1"]), _f(r["map_at_10"]), _f(r["hit_at_10"]),
+                _f(r.get("answered_share")), _f(r.get("precision_answered_top")),
                 _f(r.get("encode_per_second"), 0), _f(r.get("latency_ms_p50"), 2), _f(r.get("latency_ms_p95"), 2),
             ]
             for r in report["ranking"]
@@ -340,7 +423,10 @@ def render_markdown(report: dict) -> str:
     lines.append("")
     lines.append(
         "The mean-code row reuses the encodings of the row above (its encoding is a part of that work), so it has no "
-        "timing of its own. Latency: one query at a time, encode + search top 10."
+        "timing of its own. Latency: one query at a time, encode + search top 10. Answered: the share of queries "
+        f"(with a right answer stored) whose first result passes the model's rule (t = {rule['threshold']:.4g}, "
+        f"min_pairs {model['min_pairs']}; the mean code: one pair, the same t); precision of answered tops: the "
+        "share of those first results that are right (next section). The baselines have no rule."
     )
     for note in report["skipped_baselines"]:
         lines.append(f"- baseline {note['baseline']} not run: {note['reason']}")
@@ -381,7 +467,10 @@ def render_markdown(report: dict) -> str:
             ],
         )
     lines += ["", "![threshold curves](threshold_curves.png)", ""]
+    lines += render_top_answer(report)
     lines += render_equal_precision(report["equal_precision"])
+    lines += [""] + render_top_equal_precision(report["top_answer"]["equal_precision"])
+    lines += ["", "## Round 1's finding: the mean code against any-of-K×K", "", report["mean_code_finding"]["statement"], ""]
     lines += ["", "## The latent space and training", "", "![latent map](latent_map.png)", ""]
     if "training_curves.png" in report["figures"]:
         lines += ["![training curves](training_curves.png)", ""]
@@ -411,6 +500,71 @@ def render_equal_precision(comparison: dict, heading: bool = True) -> list[str]:
             lines.append(
                 f"- {name}: higher recall than the mean code at {verdict['levels_with_higher_recall']} of "
                 f"{verdict['levels_compared']} precision levels; mean recall difference {verdict['mean_recall_gain']:+.3f}."
+            )
+        else:
+            lines.append(f"- {name}: no precision level both reach.")
+    return lines
+
+
+def render_top_answer(report: dict) -> list[str]:
+    """Markdown of the top answers at the model's rule (report["top_answer"])."""
+    top, model = report["top_answer"], report["model"]
+    rule = top["model_rule"]
+    oos = report["data"].get("out_of_scope") or {}
+    lines = [
+        f"## The top answer at the model's rule (t = {rule['threshold']:.6g}, min_pairs {rule['min_pairs']})",
+        "",
+        "What a desk sees: the first result, if the rule accepts one. Answered: the share of in-scope queries (a right "
+        "answer is stored) whose first result passes the rule; precision: the share of the answered first results "
+        "that are right. "
+        + (f"Out of scope: {oos['queries']} queries whose labels ({len(oos['labels'])} of them, "
+           f"--out-of-scope-fraction {oos['fraction']}) were removed from the stored questions; for them no match is "
+           "right, and the column says how many got none. " if oos.get("labels") else
+           "No label was held out (`--out-of-scope-fraction`), so no query is out of scope by design; ")
+        + "Net: (right answers - wrong answers, out-of-scope answers included) / all queries.",
+        "",
+    ]
+    lines += _table(
+        ["variant", "min_pairs", "answered", "precision of answered tops", "right (share of in-scope)",
+         "out of scope: no match", "net"],
+        [
+            [r["variant"], str(r["min_pairs"]), _f(r["answered_share"]), _f(r["precision"]), _f(r["right_share"]),
+             _f(r["out_of_scope_no_match"]), _f(r["net"])]
+            for r in top["at_model_threshold"]
+        ],
+    )
+    agrees = "agree" if rule["index_agrees"] else "DIFFER"
+    lines += [
+        "",
+        f"The model's rule ({rule['variant']}): answered {_f(rule['answered_share'])}, precision of answered tops "
+        f"{_f(rule['precision'])}, out of scope no match {_f(rule['out_of_scope_no_match'])}; the service's index "
+        f"gives the same first results ({agrees}, {rule['index_checked_queries']} queries checked). "
+        + ("" if model["calibrated"] else "The model is NOT calibrated: run `qsim calibrate`."),
+        "",
+    ]
+    return lines
+
+
+def render_top_equal_precision(comparison: dict, heading: bool = True) -> list[str]:
+    """Markdown for top_equal_precision_comparison(): answered share at each precision of the answered tops."""
+    names = list(comparison["levels"][0]["answered_share"]) if comparison["levels"] else []
+    lines = [
+        "## Sampling against a single code, top answers at equal precision",
+        "",
+        "Largest share of queries answered with precision of the answered tops at least p (– where never reached).",
+        "",
+    ] if heading else []
+    lines += _table(
+        ["precision ≥", *names],
+        [[f"{row['precision']:.3g}", *(_f(row["answered_share"][n]) for n in names)] for row in comparison["levels"]],
+    )
+    lines.append("")
+    for name, verdict in comparison["versus_mean_code"].items():
+        if verdict["levels_compared"]:
+            lines.append(
+                f"- {name}: answers more than the mean code at {verdict['levels_answering_more']} and fewer at "
+                f"{verdict['levels_answering_fewer']} of {verdict['levels_compared']} precision levels; mean "
+                f"difference in answered share {verdict['mean_answered_gain']:+.3f}."
             )
         else:
             lines.append(f"- {name}: no precision level both reach.")

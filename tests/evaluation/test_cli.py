@@ -62,8 +62,18 @@ def test_calibrate_on_the_training_corpus_stores_threshold_and_record(model_copy
     record = search["calibration"]
     assert search["threshold"] == record["chosen"]["threshold"] and search["min_pairs"] == record["chosen"]["min_pairs"]
     assert search["threshold"] != 0.25
-    assert record["method"] == "best F1" and record["data"]["kind"] == "labels"
+    # The default objective: the top answer, precision of answered tops >= 0.9, 20% of the labels out of scope.
+    assert record["objective"] == "top" and record["target_precision"] == 0.9 and record["data"]["kind"] == "labels"
+    assert record["method"].startswith("top answers")
     assert "validation" in record["split"]["method"] and record["split"]["queries"] == 36
+    held = record["split"]["out_of_scope"]
+    assert len(held["labels"]) >= 1 and held["queries"] >= 1 and held["stored_removed"] >= 1
+    assert record["split"]["stored"] == 360 - 36 - held["stored_removed"]
+    top = record["chosen"]["top"]
+    assert top["precision"] >= 0.9 and top["out_of_scope"] == held["queries"] and top["queries"] == 36 - held["queries"]
+    assert 0 <= top["out_of_scope_no_match"] <= 1 and top["answered_share"] > 0
+    assert {"precision", "recall", "f1"} <= set(record["chosen"])  # the pairwise view of the same point
+    assert record["top_equal_precision"]["levels"]
     assert {"mean code", "any-of-25"} <= {row["variant"] for row in record["variants"]}
     assert record["equal_precision"]["levels"]
     # The model is unchanged and loads with the new default threshold.
@@ -73,11 +83,40 @@ def test_calibrate_on_the_training_corpus_stores_threshold_and_record(model_copy
     assert "chosen: threshold" in capsys.readouterr().out
 
 
+def test_calibrate_objective_pairs_keeps_the_best_f1_without_out_of_scope(model_copy, tiny_corpus_file):
+    assert main(["calibrate", "--model", str(model_copy), "--corpus", str(tiny_corpus_file), "--text-column", "text",
+                 "--label-column", "category", "--objective", "pairs"]) == 0
+    record = search_settings(model_copy)["calibration"]
+    assert record["objective"] == "pairs" and record["method"] == "best F1" and record["target_precision"] is None
+    assert record["split"]["out_of_scope"]["labels"] == [] and record["split"]["stored"] == 360 - 36
+    assert record["chosen"]["top"]["out_of_scope"] == 0  # the top answers at the best-F1 point, reported too
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--out-of-scope-fraction", "1.5"], "must be in [0, 1)"),
+        (["--objective", "best"], "invalid choice"),
+        (["--max-queries", "0"], "--max-queries must be at least 1"),
+    ],
+)
+def test_calibrate_bad_new_options_exit_2_with_one_line(model_copy, tiny_corpus_file, capsys, arguments, message):
+    argv = ["calibrate", "--model", str(model_copy), "--corpus", str(tiny_corpus_file), "--text-column", "text",
+            "--label-column", "category", *arguments]
+    try:
+        status = main(argv)
+    except SystemExit as stop:  # argparse's own check of a value
+        status = stop.code
+    assert status == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
 def test_calibrate_dry_run_with_target_precision_leaves_the_model_alone(model_copy, tiny_corpus_file, capsys):
     before = (model_copy / "config.json").read_bytes()
     status = main(["calibrate", "--model", str(model_copy), "--corpus", str(tiny_corpus_file), "--text-column", "text",
                    "--label-column", "category", "--target-precision", "0.05", "--min-pairs-options", "1", "4", "99",
-                   "--dry-run"])
+                   "--objective", "pairs", "--dry-run"])
     assert status == 0
     assert (model_copy / "config.json").read_bytes() == before
     out = capsys.readouterr().out
@@ -85,18 +124,40 @@ def test_calibrate_dry_run_with_target_precision_leaves_the_model_alone(model_co
 
 
 def test_calibrate_on_labelled_pairs(model_copy, pairs_file):
-    assert main(["calibrate", "--model", str(model_copy), "--pairs", str(pairs_file)]) == 0
+    assert main(["calibrate", "--model", str(model_copy), "--pairs", str(pairs_file), "--objective", "pairs"]) == 0
     record = search_settings(model_copy)["calibration"]
-    assert record["data"]["kind"] == "pairs"
+    assert record["data"]["kind"] == "pairs" and record["method"] == "best F1"
     assert record["data"]["columns"] == ["question", "other question", "is_duplicate"]
     assert record["split"]["pairs"] == record["data"]["rows"]
+
+
+def test_calibrate_pairs_for_the_top_answer_uses_the_other_pairs_as_distractors(model_copy, pairs_file, capsys):
+    # In this file many same-intent questions are not marked as duplicates of each other, and an
+    # unmarked candidate counts as wrong: a precision of 0.9 is out of reach, 0.2 is not.
+    assert main(["calibrate", "--model", str(model_copy), "--pairs", str(pairs_file)]) == 2
+    assert "of the answered top results; the highest reached is" in capsys.readouterr().err
+    assert main(["calibrate", "--model", str(model_copy), "--pairs", str(pairs_file), "--target-precision", "0.2",
+                 "--out-of-scope-fraction", "0.3"]) == 0
+    record = search_settings(model_copy)["calibration"]
+    tops = record["split"]["top_answers"]
+    assert tops["queries"] == len({row for row in _column(pairs_file, 0)})
+    assert tops["stored"] == len(set(_column(pairs_file, 1))) - tops["out_of_scope"]["stored_removed"]
+    assert tops["out_of_scope"]["queries_held_out"] >= 1
+    top = record["chosen"]["top"]
+    assert top["precision"] >= 0.2 and top["queries"] == tops["in_scope"] and top["out_of_scope"] >= 1
+
+
+def _column(path, index):
+    with path.open(newline="") as handle:
+        return [row[index] for row in list(csv.reader(handle))[1:]]
 
 
 def test_an_unreachable_target_precision_exits_2_naming_the_best_reached(model_copy, tmp_path, capsys):
     # The same two questions marked once as duplicates and once not: no threshold beats precision 1/2.
     contradicting = tmp_path / "contradicting.csv"
     contradicting.write_text("a,b,duplicate\nhow do I top up,where is my card,1\nhow do I top up,where is my card,0\n")
-    status = main(["calibrate", "--model", str(model_copy), "--pairs", str(contradicting), "--target-precision", "0.9"])
+    status = main(["calibrate", "--model", str(model_copy), "--pairs", str(contradicting), "--target-precision", "0.9",
+                   "--objective", "pairs"])
     assert status == 2
     assert "no threshold reaches precision 0.9; the highest reached is 0.500" in capsys.readouterr().err
 
@@ -159,8 +220,23 @@ def test_evaluate_a_calibrated_model_writes_the_report_and_figures(model_copy, c
     for figure in ("ranking.png", "threshold_curves.png", "latent_map.png", "training_curves.png"):
         assert (out / figure).read_bytes()[:8] == PNG_MAGIC, figure
     assert sorted(report["figures"]) == sorted(["ranking.png", "threshold_curves.png", "latent_map.png", "training_curves.png"])
+    top = report["top_answer"]
+    model_rule = top["model_rule"]
+    assert (model_rule["threshold"], model_rule["min_pairs"]) == (rule["threshold"], search_settings(model_copy)["min_pairs"])
+    assert model_rule["index_agrees"] and model_rule["index_checked_queries"] == 60
+    assert model_rule["queries"] == 60 and model_rule["out_of_scope"] == 0 and model_rule["out_of_scope_no_match"] is None
+    assert qsim_row["answered_share"] == model_rule["answered_share"]
+    assert qsim_row["precision_answered_top"] == model_rule["precision"]
+    assert [r["variant"] for r in top["at_model_threshold"]] == ["mean code", "any-of-25", "3-of-25"]
+    assert report["ranking"][1]["answered_share"] == top["at_model_threshold"][0]["answered_share"]
+    assert "answered_share" not in report["ranking"][2]  # a baseline has no rule
+    assert set(top["equal_precision"]["versus_mean_code"]) == {"any-of-25", "3-of-25"}
+    finding = report["mean_code_finding"]
+    assert set(finding["holds"]) == {"recall_at_equal_precision", "answered_at_equal_top_precision", "precision_at_1"}
     markdown = (out / "report.md").read_text()
     assert "| qsim, any-of-25 (closest pair) |" in markdown and "![threshold curves](threshold_curves.png)" in markdown
+    assert "## The top answer at the model's rule" in markdown and finding["statement"] in markdown
+    assert "top answers at equal precision" in markdown
     assert "baseline minilm not run" in markdown
     printed = capsys.readouterr().out
     assert "threshold rule: exact sweep" in printed and "report:" in printed
@@ -170,11 +246,19 @@ def test_evaluate_held_out_queries_are_the_trainers_validation_rows(tiny_model_d
     out = tmp_path / "held-out"
     status = main(["evaluate", "--model", str(tiny_model_dir), "--corpus", str(tiny_corpus_file), "--held-out",
                    "--text-column", "text", "--label-column", "category", "--out", str(out),
-                   "--skip-baselines", "tfidf", "bm25", "minilm", "--latency-queries", "0", "--tsne-points", "0"])
+                   "--skip-baselines", "tfidf", "bm25", "minilm", "--latency-queries", "0", "--tsne-points", "0",
+                   "--out-of-scope-fraction", "0.2"])
     assert status == 0
-    data = json.loads((out / "report.json").read_text())["data"]
-    assert (data["corpus"]["rows"], data["queries"]["rows"]) == (360 - 36, 36)
+    report = json.loads((out / "report.json").read_text())
+    data = report["data"]
+    held = data["out_of_scope"]
+    assert len(held["labels"]) >= 1 and held["queries"] >= 1
+    assert (data["corpus"]["rows"], data["queries"]["rows"]) == (360 - 36 - held["stored_removed"], 36)
     assert "validation rows" in data["queries"]["path"]
+    model_rule = report["top_answer"]["model_rule"]
+    assert model_rule["out_of_scope"] == held["queries"] and model_rule["queries"] == 36 - held["queries"]
+    assert 0 <= model_rule["out_of_scope_no_match"] <= 1 and model_rule["index_agrees"]
+    assert "were removed from the stored questions" in (out / "report.md").read_text()
 
 
 def test_evaluate_a_model_with_one_code_per_question_has_no_n_of_variant(model_copy, corpus_and_queries, tmp_path):

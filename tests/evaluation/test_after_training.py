@@ -1,0 +1,172 @@
+"""Calibration for the top answer on held-out data: the target holds on another split, and
+calibrate_after_training with labels, pairs, teacher vectors or none of them."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from app.evaluation.calibrate import (
+    FALLBACK_QUANTILE,
+    CalibrationError,
+    calibrate,
+    calibrate_after_training,
+    self_augmented,
+    sweep_labelled,
+    teacher_judge,
+)
+from app.model.data import Corpus, PairsCorpus, read_corpus
+from app.model.encoder import QuestionEncoder
+from app.model.train import split_train_validation
+from tests.conftest import BANKING77_TRAIN, TINY_PER_INTENT
+
+
+@pytest.fixture
+def model_copy(tiny_model_dir, tmp_path):
+    return shutil.copytree(tiny_model_dir, tmp_path / "model")
+
+
+@pytest.fixture(scope="module")
+def labelled(tiny_corpus_file):
+    return read_corpus(tiny_corpus_file, "text", "category")
+
+
+@pytest.fixture(scope="module")
+def validation_rows(tiny_model_dir, labelled):
+    """The trainer's validation rows, as `qsim train` computes them."""
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    return split_train_validation(len(labelled), config["settings"]["training"]["val_fraction"], config["seed"])[1]
+
+
+@pytest.fixture(scope="module")
+def unseen_rows(tiny_corpus_rows):
+    """BANKING77 training questions of the tiny corpus's intents that the tiny model never saw (the
+    ones after the first TINY_PER_INTENT of each intent), at most 40 per intent."""
+    intents = {row["category"] for row in tiny_corpus_rows}
+    seen: dict[str, int] = {}
+    rows = []
+    with BANKING77_TRAIN.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row["category"] in intents:
+                seen[row["category"]] = seen.get(row["category"], 0) + 1
+                if TINY_PER_INTENT < seen[row["category"]] <= TINY_PER_INTENT + 40:
+                    rows.append(row)
+    return rows
+
+
+def written(model_dir):
+    return json.loads((model_dir / "config.json").read_text())["settings"]["search"]
+
+
+def test_the_target_precision_chosen_on_one_split_holds_on_another(tiny_encoder, tiny_corpus_rows, unseen_rows):
+    target = 0.85
+    order = np.random.default_rng(5).permutation(len(unseen_rows))
+    first, second = ([unseen_rows[i] for i in part] for part in np.array_split(order, 2))
+    stored_texts = [r["text"] for r in tiny_corpus_rows]
+    stored_labels = [r["category"] for r in tiny_corpus_rows]
+    stored = tiny_encoder.encode(stored_texts, tiny_encoder.samples_per_question)
+
+    def sweeps(rows):
+        return sweep_labelled(tiny_encoder, stored_texts, stored_labels, [r["text"] for r in rows],
+                              [r["category"] for r in rows], [1, 2, 3, 5, 8, 13], stored=stored)
+
+    chosen = calibrate(sweeps(first), target_precision=target, model_id="m", data={}, split={}, objective="top").top
+    assert chosen.precision >= target
+    check = sweeps(second).tops[chosen.min_pairs].at(chosen.threshold)
+    tolerance = 2.5 * np.sqrt(target * (1 - target) / check.answered)  # binomial sampling, about 2.5 sd
+    assert check.answered >= 0.3 * check.queries, check
+    assert check.precision >= target - tolerance, (check, tolerance)
+
+
+def test_after_training_with_labels_writes_the_defaults_and_holds_labels_out(model_copy, labelled, validation_rows):
+    lines = []
+    record = calibrate_after_training(model_copy, labelled, validation_rows, log=lines.append)
+    search = written(model_copy)
+    assert search["threshold"] == record["chosen"]["threshold"] and search["min_pairs"] == record["chosen"]["min_pairs"]
+    assert search["calibration"] == json.loads(json.dumps(record))
+    assert record["source"] == "labels" and record["objective"] == "top" and record["target_reached"]
+    held = record["split"]["out_of_scope"]
+    assert len(held["labels"]) >= 1 and record["split"]["queries"] == len(validation_rows) == 36
+    # The stored side is the rest of the corpus, without the validation rows and the held-out labels.
+    assert record["split"]["stored"] == 360 - 36 - held["stored_removed"]
+    top = record["chosen"]["top"]
+    assert top["precision"] >= 0.9 and top["out_of_scope"] == held["queries"]
+    assert QuestionEncoder.load(model_copy).default_threshold == search["threshold"]
+    assert lines and lines[-1].startswith("calibrated on labels")
+
+
+def test_after_training_with_a_pairs_file_and_no_labels(model_copy, tiny_corpus_rows, labelled, validation_rows):
+    unlabelled = Corpus(list(labelled.texts), sha256=labelled.sha256, path="u.csv", text_column="text")
+    # Every sixth question paired with the next one (same intent: a duplicate) and with one 60 rows on.
+    left, right, duplicate = [], [], []
+    for i in range(0, len(tiny_corpus_rows), 6):
+        a, b, other = tiny_corpus_rows[i], tiny_corpus_rows[i + 1], tiny_corpus_rows[(i + 60) % len(tiny_corpus_rows)]
+        left += [a["text"], a["text"]]
+        right += [b["text"], other["text"]]
+        duplicate += [True, a["category"] == other["category"]]
+    pairs = PairsCorpus(left, right, duplicate, path="p.csv")
+    record = calibrate_after_training(model_copy, unlabelled, validation_rows, pairs=pairs, target_precision=0.5,
+                                      log=lambda _: None)
+    assert record["source"] == "pairs" and record["data"]["kind"] == "pairs"
+    assert record["split"]["top_answers"]["queries"] == len(set(left))
+    assert written(model_copy)["threshold"] == record["chosen"]["threshold"]
+
+
+def test_teacher_pseudo_pairs_rule_on_hand_made_vectors():
+    stored = np.array([[1.0, 0.0], [0.9, 0.436], [0.0, 1.0]])  # cosines with [1, 0]: 1, 0.9, 0
+    queries = np.array([[2.0, 0.0], [-1.0, 0.0]])
+    judge, in_scope = teacher_judge(queries, stored, cutoff=0.8, neighbours=1)
+    duplicate, right, usable = judge(slice(0, 2))
+    assert duplicate.tolist() == [[True, True, False], [False, False, False]]
+    assert right.tolist() == [[True, False, False], [False, False, False]]  # only the nearest neighbour
+    assert in_scope.tolist() == [True, False] and usable is None
+
+
+def test_after_training_with_teacher_vectors(model_copy, labelled, validation_rows):
+    # A teacher that knows the intents: one direction per intent, a little noise.
+    intents = sorted(set(labelled.labels))
+    rng = np.random.default_rng(0)
+    teacher = np.eye(len(intents))[[intents.index(label) for label in labelled.labels]]
+    teacher = np.hstack([teacher, 0.05 * rng.normal(size=(len(teacher), 4))]).astype(np.float32)
+    # One intent is unknown to the stored side for the teacher: its vectors point elsewhere.
+    unknown = [i for i in validation_rows if labelled.labels[i] == intents[0]]
+    teacher[unknown] = np.hstack([np.zeros(len(intents)), [1.0, 0, 0, 0]])
+    unlabelled = Corpus(list(labelled.texts), sha256=labelled.sha256, path="u.csv", text_column="text")
+    record = calibrate_after_training(model_copy, unlabelled, validation_rows, teacher=teacher, log=lambda _: None)
+    assert record["source"] == "teacher" and "teacher cosine >= 0.8" in record["rule"]
+    top = record["chosen"]["top"]
+    assert top["out_of_scope"] == len(unknown) >= 1 and top["queries"] == 36 - len(unknown)
+    if record["target_reached"]:
+        assert top["precision"] >= 0.9
+    else:
+        assert "no threshold reaches precision 0.9" in record["note"]
+    with pytest.raises(CalibrationError, match="teacher embeddings must be"):
+        calibrate_after_training(model_copy, unlabelled, validation_rows, teacher=teacher[:10], log=lambda _: None)
+
+
+def test_after_training_with_nothing_falls_back_to_self_augmented_copies(model_copy, labelled, validation_rows):
+    unlabelled = Corpus(list(labelled.texts), sha256=labelled.sha256, path="u.csv", text_column="text")
+    record = calibrate_after_training(model_copy, unlabelled, validation_rows, log=lambda _: None)
+    assert record["source"] == "self-augmentation" and record["target_reached"] is None
+    assert "surface-form" in record["rule"] and record["fallback"]["quantile"] == FALLBACK_QUANTILE
+    top = record["chosen"]["top"]
+    # At t, FALLBACK_QUANTILE of the copies match their original, so at least as many are answered.
+    assert top["answered_share"] >= FALLBACK_QUANTILE and top["queries"] == 36
+    assert written(model_copy)["threshold"] == record["chosen"]["threshold"] > 0
+
+
+def test_bad_validation_rows_are_an_error(model_copy, labelled):
+    with pytest.raises(CalibrationError, match="validation rows"):
+        calibrate_after_training(model_copy, labelled, np.array([], dtype=np.int64), log=lambda _: None)
+    with pytest.raises(CalibrationError, match="nothing is left to store"):
+        calibrate_after_training(model_copy, labelled, np.arange(len(labelled)), log=lambda _: None)
+
+
+def test_self_augmented_copies_differ_by_one_small_edit():
+    rng = np.random.default_rng(0)
+    long = self_augmented("where is my new card please", rng)
+    assert len(long.split()) == 5 and set(long.split()) < set("where is my new card please".split())
+    assert self_augmented("card arrived", rng) == "arrived card"
+    assert self_augmented("card?", rng) == "card" and self_augmented("card", rng) == "card?"
