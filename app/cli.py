@@ -42,7 +42,9 @@ class CommandError(Exception):
 
 
 # Modules whose import registers their subcommands (each keeps heavy imports inside its handlers).
-COMMAND_MODULES = ("app.model.cli", "app.evaluation.cli", "app.questions.cli", "app.server")
+COMMAND_MODULES = (
+    "app.model.cli", "app.evaluation.cli", "app.questions.cli", "app.feedback.cli", "app.clusters.cli", "app.server",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ from app.api.middleware import BodySizeLimit, BodyTimeout, HeadAsGet, RequestMet
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
 from app.core.metrics import Metrics
+from app.clusters.router import router as clusters_router
 from app.feedback.router import admin_router as feedback_admin_router
 from app.feedback.router import router as feedback_router
 from app.health.router import router as health_router
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin_router)
     app.include_router(feedback_router)
     app.include_router(feedback_admin_router)
+    app.include_router(clusters_router)
     app.include_router(health_router)
     if settings.cors_origins:
         app.add_middleware(

@@ -15,6 +15,7 @@ from app.core.config import Settings
 from app.core.db import Database, open_database
 from app.core.metrics import Metrics
 from app.core.migrations import check_schema
+from app.clusters.service import ClusterService
 from app.feedback.service import FeedbackService
 from app.questions import repository
 from app.questions.service import QuestionService
@@ -45,6 +46,7 @@ class Runtime:
             self.db, on_record=lambda duplicate: metrics.feedback.labels("duplicate" if duplicate else "not_duplicate").inc()
         )
         self.jobs = JobManager(self.db, self.engine, on_finish=lambda status: metrics.reindex_jobs.labels(status).inc())
+        self.clusters = ClusterService(self.db, self.engine, self.jobs)
         self.load_error: str | None = None
         self._stopping = threading.Event()
         self._loader: threading.Thread | None = None

@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 import app.admin.models  # noqa: F401  (registers tables)
+import app.clusters.models  # noqa: F401
 import app.feedback.models  # noqa: F401
 import app.questions.models  # noqa: F401
 from app.core.db import Base

@@ -26,7 +26,7 @@ ADMIN_TOKEN = "test-admin-token-0123456789"
 POSTGRES_SERVER_URL = os.environ.get(
     "QSIM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-TABLES = ("questions", "question_changes", "jobs", "service_state", "feedback")
+TABLES = ("questions", "question_changes", "jobs", "service_state", "feedback", "cluster_results")
 
 
 def postgres_available() -> str | None:

@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,19 +29,23 @@ STALE_AFTER = timedelta(seconds=30)
 
 
 class JobConflict(RuntimeError):
-    def __init__(self, job_id: str):
-        super().__init__(f"reindex job {job_id} is already running")
+    def __init__(self, job_id: str, kind: str = "reindex"):
+        super().__init__(f"{kind} job {job_id} is already running")
         self.job_id = job_id
 
 
+Work = Callable[[Callable[[float], None]], None]
+
+
 class JobManager:
+    """Background jobs of several kinds (reindex, clusters): one job of each kind at a time."""
+
     def __init__(self, database: Database, engine: SimilarityEngine, on_finish=None):
         self.db = database
         self.engine = engine
         self._on_finish = on_finish or (lambda status: None)
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._running_id = ""
+        self._threads: dict[str, tuple[str, threading.Thread]] = {}  # kind -> (job id, thread)
 
     def fail_orphans(self) -> int:
         """Jobs left queued/running by a process that stopped (no heartbeat for a while)."""
@@ -58,30 +63,35 @@ class JobManager:
             return session.get(Job, job_id)
 
     def start_reindex(self, model_dir: Path | None, model_name: str | None) -> Job:
+        return self.start("reindex", lambda progress: self.engine.reindex(model_dir, progress), model_name)
+
+    def start(self, kind: str, work: Work, model_name: str | None = None, on_success=None) -> Job:
+        """Records a queued job of `kind` and runs `work(progress)` in a background thread;
+        `on_success(job_id)` (if given) runs in that thread once `work` has returned."""
         with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                raise JobConflict(self._running_id)
+            running = self._threads.get(kind)
+            if running is not None and running[1].is_alive():
+                raise JobConflict(running[0], kind)
             with self.db.writing() as session:
                 cutoff = utcnow() - STALE_AFTER
-                active = session.execute(select(Job).where(Job.status.in_(ACTIVE))).scalars().all()
+                active = session.execute(select(Job).where(Job.status.in_(ACTIVE), Job.kind == kind)).scalars().all()
                 live = [j for j in active if (j.heartbeat_at or j.created_at) >= cutoff]
                 if live:
-                    raise JobConflict(live[0].id)
+                    raise JobConflict(live[0].id, kind)
                 job = Job(
-                    id=str(uuid.uuid4()), kind="reindex", status=QUEUED, progress=0.0, model=model_name,
+                    id=str(uuid.uuid4()), kind=kind, status=QUEUED, progress=0.0, model=model_name,
                     created_at=utcnow(), heartbeat_at=utcnow(),
                 )
                 session.add(job)
-            self._running_id = job.id
-            self._thread = threading.Thread(
-                target=self._run, args=(job.id, model_dir), name=f"reindex-{job.id[:8]}", daemon=True
+            thread = threading.Thread(
+                target=self._run, args=(job.id, kind, work, on_success), name=f"{kind}-{job.id[:8]}", daemon=True
             )
-            self._thread.start()
+            self._threads[kind] = (job.id, thread)
+            thread.start()
             return job
 
     def wait(self, timeout: float | None = None) -> None:
-        thread = self._thread
-        if thread is not None:
+        for _, thread in list(self._threads.values()):
             thread.join(timeout)
 
     def _set(self, job_id: str, **values) -> None:
@@ -91,7 +101,7 @@ class JobManager:
         except SQLAlchemyError as error:  # the job goes on; its record catches up at the next update
             logger.warning("could not record progress of job %s: %s", job_id, error)
 
-    def _run(self, job_id: str, model_dir: Path | None) -> None:
+    def _run(self, job_id: str, kind: str, work: Work, on_success) -> None:
         self._set(job_id, status=RUNNING, started_at=utcnow())
         last_beat = time.monotonic()
 
@@ -102,12 +112,16 @@ class JobManager:
                 self._set(job_id, progress=round(fraction * 0.99, 4))
 
         try:
-            self.engine.reindex(model_dir, progress)
+            result = work(progress)
+            if on_success is not None:
+                on_success(job_id, result)
         except Exception as error:  # the live index keeps serving; the job records why
-            logger.exception("reindex job %s failed", job_id)
+            logger.exception("%s job %s failed", kind, job_id)
             self._set(job_id, status=FAILED, error=f"{type(error).__name__}: {error}", finished_at=utcnow())
-            self._on_finish(FAILED)
+            if kind == "reindex":
+                self._on_finish(FAILED)
             return
         self._set(job_id, status=SUCCEEDED, progress=1.0, finished_at=utcnow())
-        self._on_finish(SUCCEEDED)
-        logger.info("reindex job %s succeeded", job_id)
+        if kind == "reindex":
+            self._on_finish(SUCCEEDED)
+        logger.info("%s job %s succeeded", kind, job_id)

@@ -14,9 +14,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
-from starlette.routing import Match
 
 from app.admin.service import JobConflict
+from app.clusters.service import ClustersNotReady
 from app.core.errors import NotFoundError
 from app.core.security import AdminDisabled, AdminUnauthorized
 from app.model.text import EmptyTextError
@@ -76,15 +76,26 @@ def error(status: int, message: str, headers: dict | None = None, **extra) -> JS
     return JSONResponse({"detail": message, **extra}, status_code=status, headers=headers)
 
 
+def _routes(routes):
+    """Every route, looking into included routers (FastAPI >= 0.16x wraps them)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _routes(inner.routes)
+        else:
+            yield route
+
+
 def allowed_methods(request: Request) -> list[str]:
     """Every method some route of the app takes at this path (several routes may share a path)."""
+    path = request.scope.get("path", "")
     methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "GET"})
-        if match != Match.NONE and getattr(route, "methods", None):
-            methods |= set(route.methods)
+    for route in _routes(request.app.router.routes):
+        regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if regex is not None and route_methods and regex.match(path):
+            methods |= set(route_methods)
     if "GET" in methods:
-        methods.add("HEAD")
+        methods.add("HEAD")  # HeadAsGet answers HEAD wherever GET is answered
     return sorted(methods)
 
 
@@ -126,6 +137,10 @@ def install_error_handlers(app: FastAPI, retry_after_seconds: int) -> None:
         if len(exc.question_ids) == 1:
             extra["id"] = exc.question_ids[0]
         return error(409, str(exc), external_ids=exc.external_ids, **extra)
+
+    @app.exception_handler(ClustersNotReady)
+    async def _clusters_not_ready(_: Request, exc: ClustersNotReady) -> JSONResponse:
+        return error(409, str(exc), job_id=exc.job_id)
 
     @app.exception_handler(JobConflict)
     async def _job_conflict(_: Request, exc: JobConflict) -> JSONResponse:

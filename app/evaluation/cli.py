@@ -216,6 +216,11 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
         help="instead of --corpus: CSV/JSON lines of question pairs, two text columns and a 0/1 duplicate label",
     )
     p.add_argument(
+        "--feedback", action="store_true",
+        help="instead of --corpus or --pairs: the agents' verdicts stored through POST /feedback in the database "
+        "of QSIM_DATABASE_URL, as labelled pairs (the same rows `qsim feedback export` writes)",
+    )
+    p.add_argument(
         "--pair-columns", nargs=3, metavar=("FIRST", "SECOND", "LABEL"),
         help="the columns of --pairs (default: the file's first three columns, in that order)",
     )
@@ -301,8 +306,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     from app.model.config import SearchDefaults
     from app.model.data import read_corpus, read_pairs
 
-    if (args.pairs is None) == (args.corpus is None):
-        raise CommandError("give either --corpus (with --text-column and --label-column) or --pairs")
+    if sum([args.pairs is not None, args.corpus is not None, args.feedback]) != 1:
+        raise CommandError("give one of --corpus (with --text-column and --label-column), --pairs or --feedback")
     if args.corpus is not None and not (args.text_column and args.label_column):
         raise CommandError("--corpus needs --text-column and --label-column")
     if not 0 < args.holdout_fraction < 1:
@@ -322,8 +327,13 @@ def _calibrate(args: argparse.Namespace) -> int:
         out_of_scope = DEFAULT_OUT_OF_SCOPE_FRACTION if args.objective == "top" and args.corpus is not None else 0.0
 
     try:
-        if args.pairs is not None:
-            data = read_pairs(args.pairs, tuple(args.pair_columns) if args.pair_columns else None)
+        if args.pairs is not None or args.feedback:
+            if args.feedback:
+                from app.feedback.service import load_feedback_pairs
+
+                data = load_feedback_pairs()
+            else:
+                data = read_pairs(args.pairs, tuple(args.pair_columns) if args.pair_columns else None)
             sweeps = sweep_pairs(encoder, data, options, out_of_scope_fraction=out_of_scope, seed=args.seed,
                                  max_queries=args.max_queries)
             described = {"kind": "pairs", "path": data.path, "sha256": data.sha256, "columns": list(data.columns),

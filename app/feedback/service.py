@@ -94,3 +94,23 @@ def feedback_pairs_corpus(service: FeedbackService):
         duplicate.append(verdict)
         digest.update(f"{question}\x00{stored}\x00{int(verdict)}\n".encode())
     return PairsCorpus(left, right, duplicate, sha256=digest.hexdigest(), path="database feedback", columns=PAIR_COLUMNS)
+
+
+def load_feedback_pairs(database_url: str | None = None):
+    """The verdicts stored in the database (QSIM_DATABASE_URL unless given) as a PairsCorpus;
+    CorpusError when there are none yet."""
+    from app.core.config import get_settings
+    from app.core.db import open_database
+    from app.core.migrations import check_schema
+    from app.model.data import CorpusError
+
+    settings = get_settings()
+    database = open_database(database_url or settings.database_url, settings.database_timeout_seconds)
+    try:
+        check_schema(database.engine)
+        corpus = feedback_pairs_corpus(FeedbackService(database))
+    finally:
+        database.dispose()
+    if not corpus.left:
+        raise CorpusError("no feedback stored yet: agents' verdicts arrive through POST /feedback")
+    return corpus

@@ -63,3 +63,42 @@ def test_bad_feedback_is_a_422_naming_the_field(client, stored):
 
 def test_listing_feedback_needs_the_admin_token(client):
     assert client.get("/admin/feedback").status_code == 401
+
+
+def test_feedback_round_trip_into_export_and_calibrate(client, stored, settings, monkeypatch, tmp_path, capsys):
+    """Verdicts posted over HTTP come out of `qsim feedback export` as the pairs file calibrate
+    reads, and `qsim calibrate --feedback` chooses exactly what `--pairs` on that file chooses."""
+    import csv
+    import shutil
+
+    from app.cli import main
+    from app.core.config import get_settings
+
+    verdicts = []
+    for i in range(30):
+        target = stored[i]
+        same = i % 2 == 0
+        question = target["text"].lower() if same else stored[(i + 37) % len(stored)]["text"]
+        body = {"question": question, "question_id": target["id"], "duplicate": same}
+        assert client.post("/feedback", json=body).status_code == 201
+        verdicts.append((question, target["text"], same))
+    monkeypatch.setenv("QSIM_DATABASE_URL", settings.database_url)
+    get_settings.cache_clear()
+    model = tmp_path / "model"
+    shutil.copytree(settings.model_dir, model)
+    try:
+        pairs = tmp_path / "pairs.csv"
+        assert main(["feedback", "export", "--out", str(pairs)]) == 0
+        with pairs.open(newline="") as handle:
+            rows = list(csv.reader(handle))
+        assert rows[0] == ["question", "stored_question", "duplicate"]
+        assert rows[1:] == [[q, s, "1" if d else "0"] for q, s, d in verdicts]
+        capsys.readouterr()
+        common = ["calibrate", "--model", str(model), "--objective", "pairs", "--dry-run"]
+        assert main([*common, "--pairs", str(pairs)]) == 0
+        from_file = [line for line in capsys.readouterr().out.splitlines() if line.startswith("chosen:")]
+        assert main([*common, "--feedback"]) == 0
+        from_database = [line for line in capsys.readouterr().out.splitlines() if line.startswith("chosen:")]
+        assert from_file and from_file == from_database
+    finally:
+        get_settings.cache_clear()

@@ -9,6 +9,7 @@ from alembic.runtime.migration import MigrationContext
 from fastapi.testclient import TestClient
 
 import app.admin.models  # noqa: F401
+import app.clusters.models  # noqa: F401
 import app.feedback.models  # noqa: F401
 import app.questions.models  # noqa: F401
 from app.core.db import Base, open_database

@@ -1,0 +1,62 @@
+"""`qsim cluster`: the duplicate clusters of the stored questions, offline, as a CSV."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from app.cli import CommandError, command
+
+
+def _filter(value: str) -> tuple[str, object]:
+    key, sep, raw = value.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
+    try:
+        parsed = json.loads(raw)  # numbers, true/false, "quoted strings"
+    except json.JSONDecodeError:
+        parsed = raw
+    return key, parsed
+
+
+def _cluster_args(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Cluster the questions of the database (QSIM_DATABASE_URL) into duplicates by the service's own rule, "
+        "as POST /admin/clusters does: leader clustering of the similarity graph (most-matched questions lead; "
+        "every member matches its representative). Uses the saved index when it is current, else builds one."
+    )
+    p.add_argument("--out", type=Path, required=True, help="CSV: cluster, size, representative_id, id, text")
+    p.add_argument("--threshold", type=float, help="pair distance threshold (default: the model's calibrated one)")
+    p.add_argument("--min-pairs", type=int, help="pairs within the threshold to join two questions (default: the model's)")
+    p.add_argument("--filter", type=_filter, action="append", default=[], metavar="KEY=VALUE",
+                   help="only questions whose metadata has KEY equal to VALUE (repeat for several; JSON values)")
+    p.add_argument("--include-singletons", action="store_true", help="also write questions that match no other")
+
+
+@command("cluster", "group the stored questions into duplicate clusters (CSV)", _cluster_args)
+def _cluster(args: argparse.Namespace) -> int:
+    from app.clusters.service import cluster_state, write_clusters_csv
+    from app.core.config import get_settings
+    from app.core.db import open_database
+    from app.core.migrations import check_schema
+    from app.similarity.engine import InvalidQuery, SimilarityEngine
+
+    settings = get_settings()
+    database = open_database(settings.database_url, settings.database_timeout_seconds)
+    try:
+        check_schema(database.engine)
+        engine = SimilarityEngine(database, settings)
+        engine.start()
+        try:
+            result = cluster_state(engine.state, args.threshold, args.min_pairs, dict(args.filter) or None)
+        except InvalidQuery as error:
+            raise CommandError(str(error)) from None
+        rows = write_clusters_csv(result, args.out, args.include_singletons, engine.state)
+    finally:
+        database.dispose()
+    print(
+        f"{result['questions']} questions: {len(result['clusters'])} clusters of 2 or more, {result['singletons']} "
+        f"singletons (threshold {result['threshold']:.4g}, min_pairs {result['min_pairs']}); {rows} rows -> {args.out}"
+    )
+    return 0
