@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 TORCH_PIP_ARGS ?=
 EXTRAS ?= cpu,eval,dev
 
-.PHONY: help install run serve test test-long lint bench bench-index bench-encoder bench-http \
+.PHONY: help install browser run serve test test-long lint bench bench-index bench-encoder bench-http \
         evaluate train-default calibrate-default model-variants clean
 
 help:  ## list targets
@@ -28,12 +28,29 @@ $(BIN)/.teacher: $(BIN)/.installed
 
 install: $(BIN)/.installed  ## create .venv and install qsim with its CPU, eval and dev extras
 
+# The desk page's browser tests (tests/web) drive Debian's chromium through Playwright (never a
+# downloaded browser). Installed here when missing and apt-get can (as root, or with sudo); where it
+# cannot, those tests skip and say why.
+CHROMIUM ?= /usr/bin/chromium
+APT_CHROMIUM = DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+browser:  ## install Debian's chromium for the browser tests when it is missing
+	@if [ -x "$(CHROMIUM)" ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing chromium for the browser tests (apt-get)"; \
+	  { apt-get update -qq && $(APT_CHROMIUM); } || echo "could not install chromium: the browser tests will skip"; \
+	elif command -v apt-get >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+	  echo "installing chromium for the browser tests (sudo apt-get)"; \
+	  { sudo apt-get update -qq && sudo $(APT_CHROMIUM); } || echo "could not install chromium: the browser tests will skip"; \
+	else \
+	  echo "no $(CHROMIUM), and apt-get cannot install it here: the browser tests will skip"; \
+	fi
+
 run: install  ## set up and run the service on its embedded defaults (SQLite, CPU FAISS, shipped model, bundled questions)
 	PATH="$(abspath $(BIN)):$$PATH" ./docker/entrypoint.sh
 
 serve: run
 
-test: install  ## set up and run the test suite (PostgreSQL tests skip when no server answers)
+test: install browser  ## set up and run the test suite (PostgreSQL tests skip when no server answers)
 	$(BIN)/python -m pytest
 
 test-long: install  ## the long reliability variants (soak, many crash trials)

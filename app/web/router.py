@@ -27,7 +27,11 @@ from app.web.service import DeskService, UnknownColorKey
 from app.web.service import Rule as RuleValue
 
 STATIC = Path(__file__).resolve().parent / "static"
-ASSETS = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
+ASSETS = {
+    "app.js": "text/javascript; charset=utf-8",
+    "app.css": "text/css; charset=utf-8",
+    "icon.svg": "image/svg+xml",
+}
 # Everything the page loads or calls comes from the service itself; the browser enforces it too.
 PAGE_HEADERS = {
     "Content-Security-Policy": (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -10,6 +10,8 @@ from app.core.config import get_settings
 from app.questions.schemas import QuestionText, StrictModel
 
 MAX_LIMIT = get_settings().max_limit
+MAX_ID = 2**63 - 1
+QuestionId = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 
 class Rule(BaseModel):
@@ -24,7 +26,7 @@ class Rule(BaseModel):
 
 class ExplainRequest(StrictModel):
     question: QuestionText
-    ids: list[int] | None = Field(
+    ids: list[QuestionId] | None = Field(
         None,
         min_length=1,
         max_length=MAX_LIMIT,
