@@ -466,6 +466,8 @@ class SimilarityEngine:
             if where is not None:
                 try:
                     allowed = state.catalog.allowed(dict(where))
+                    if len(allowed) == len(state.catalog):
+                        allowed = None  # every question passes (the catalog holds every indexed id)
                 except InvalidFilter as error:
                     for p in positions:
                         answers[p] = InvalidQuery(str(error), field="filter")
