@@ -71,10 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from app.model.artifact import ArtifactError
-    from app.model.config import ConfigFileError
-    from app.model.data import CorpusError
-    from app.model.text import EmptyTextError
 
     try:
         return args.handler(args)

@@ -13,10 +13,10 @@ from app.admin.router import router as admin_router
 from app.api.docs import install_docs
 from app.api.errors import install_error_handlers
 from app.api.middleware import BodySizeLimit, BodyTimeout, HeadAsGet, RequestMetrics
+from app.clusters.router import router as clusters_router
 from app.core.config import Settings, get_settings
 from app.core.logging import configure_logging
 from app.core.metrics import Metrics
-from app.clusters.router import router as clusters_router
 from app.feedback.router import admin_router as feedback_admin_router
 from app.feedback.router import router as feedback_router
 from app.health.router import router as health_router

@@ -11,11 +11,11 @@ import time
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.admin.service import JobManager
+from app.clusters.service import ClusterService
 from app.core.config import Settings
 from app.core.db import Database, open_database
 from app.core.metrics import Metrics
 from app.core.migrations import check_schema
-from app.clusters.service import ClusterService
 from app.feedback.service import FeedbackService
 from app.questions import repository
 from app.questions.service import QuestionService

@@ -36,7 +36,13 @@ def main() -> None:
     from sklearn.metrics import adjusted_rand_score
     from threadpoolctl import threadpool_limits
 
-    from app.clusters.clustering import connected_components, labels_of, leader_clusters, purity, similarity_graph
+    from app.clusters.clustering import (
+        connected_components,
+        labels_of,
+        leader_clusters,
+        purity,
+        similarity_graph,
+    )
     from app.model.encoder import QuestionEncoder
     from app.search import SimilarityIndex
 

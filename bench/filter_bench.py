@@ -74,13 +74,13 @@ def run(index, ids, codes, queries, threshold, label, shares, size) -> None:
         keep = np.isin(ids, allowed)
         filtered, unfiltered, brute, counts, exact = [], [], [], [], True
         for q in queries:
-            found, t = timed(lambda q=q: index.search(q[None], threshold=threshold, limit=LIMIT, allowed=allowed)[0], 1)
+            found, t = timed(lambda q=q, a=allowed: index.search(q[None], threshold=threshold, limit=LIMIT, allowed=a)[0], 1)
             filtered.append(t[0])
             _, t = timed(lambda q=q: index.search(q[None], threshold=threshold, limit=LIMIT)[0], 1)
             unfiltered.append(t[0])
             if share <= 0.1:  # the reference over a large subset takes seconds per query
                 expected, t = timed(
-                    lambda q=q: brute_force_search(q, ids[keep], codes[keep], threshold=threshold, limit=LIMIT), 1
+                    lambda q=q, k=keep: brute_force_search(q, ids[k], codes[k], threshold=threshold, limit=LIMIT), 1
                 )
                 brute.append(t[0])
                 exact &= found[0] == expected[0]
