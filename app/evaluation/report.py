@@ -171,7 +171,7 @@ def run_evaluation(
         variant_tops[n_of(n_of_pairs, pairs)] = (sweeps.tops[n_of_pairs], n_of_pairs)
     with stage(f"top answers through the index at t = {threshold:.6g}, min_pairs {model_min_pairs}"):
         top_answer = _top_answers(variant_tops, sweeps.tops[model_min_pairs], qsim, qsim_run.encoded, threshold,
-                                  model_min_pairs, pairs)
+                                  model_min_pairs, pairs, corpus.labels, queries.labels)
     top_answer["equal_precision"] = top_equal_precision_comparison(
         sweeps.mean_top, {k: v for k, (v, _) in variant_tops.items() if k != MEAN_CODE}
     )
@@ -267,7 +267,8 @@ def _top_columns(point: dict) -> dict:
             "out_of_scope_no_match": point["out_of_scope_no_match"]}
 
 
-def _top_answers(variants, model_sweep, qsim, encoded_queries, threshold, min_pairs, pairs) -> dict:
+def _top_answers(variants, model_sweep, qsim, encoded_queries, threshold, min_pairs, pairs, corpus_labels,
+                 query_labels) -> dict:
     """The top answer each variant gives at t, from the exact sweep, and the model's rule (t,
     min_pairs) checked against the service's index: its first result per query, asked query batch by
     query batch in a seeded order until every query is done or INDEX_CHECK_SECONDS are spent."""
@@ -288,12 +289,13 @@ def _top_answers(variants, model_sweep, qsim, encoded_queries, threshold, min_pa
     answered = [q for q in checked if firsts[q]]
     in_scope = model_sweep.in_scope
     index_answered = sum(bool(in_scope[q]) for q in answered)
+    index_right = sum(corpus_labels[firsts[q][0].id] == query_labels[q] for q in answered)
     model_rule = {"variant": n_of(min_pairs, pairs), "min_pairs": min_pairs, "threshold": threshold}
     model_rule |= model_sweep.at(threshold).as_dict()
     model_rule |= {
         "index_checked_queries": len(checked),
-        "index_agrees": (index_answered, len(answered) - index_answered)
-        == (expected.answered, expected.out_of_scope_answered),
+        "index_agrees": (index_answered, index_right, len(answered) - index_answered)
+        == (expected.answered, expected.right, expected.out_of_scope_answered),
     }
     return {"model_rule": model_rule, "at_model_threshold": rows}
 

@@ -300,6 +300,10 @@ class TopAnswerPoint:
         total = self.queries + self.out_of_scope
         return (self.right - self.wrong) / total if total else 0.0
 
+    def precision_bound(self, z: float) -> float | None:
+        """The Wilson lower bound of the precision, z standard deviations down."""
+        return None if not self.answered else wilson_lower_bound(self.right, self.answered, z)
+
     def as_dict(self) -> dict:
         answered_all = self.answered + self.out_of_scope_answered
         return asdict(self) | {
@@ -310,6 +314,14 @@ class TopAnswerPoint:
             "precision_with_out_of_scope": self.right / answered_all if answered_all else None,
             "net": self.net,
         }
+
+
+def wilson_lower_bound(successes, trials, z: float):
+    """Wilson score interval's lower end (arrays or numbers; trials > 0)."""
+    n = np.asarray(trials, dtype=np.float64)
+    p = np.asarray(successes, dtype=np.float64) / n
+    bound = (p + z * z / (2 * n) - z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
+    return float(bound) if bound.ndim == 0 else bound
 
 
 def top_events(
@@ -424,20 +436,40 @@ class TopAnswerSweep:
             int(self.right_answers[index]), self.out_of_scope, int(self.out_of_scope_answered[index]),
         )
 
-    def best(self, target_precision: float | None) -> TopAnswerPoint | None:
-        """The most net right answers (right - wrong, out-of-scope answers counted wrong) with
-        precision of the answered tops >= target (None: no floor); among equals the larger answered
-        share, then the smaller threshold. None when no threshold reaches the target."""
+    def precision_bound(self, z: float) -> np.ndarray:
+        """Per candidate: the Wilson lower bound of the precision of the answered tops, z standard
+        deviations below (z = 0: the precision itself); 0 where nothing in scope is answered."""
+        if z == 0:
+            return np.where(self.answered > 0, self.precision, 0.0)
+        bound = wilson_lower_bound(self.right_answers, np.maximum(self.answered, 1), z)
+        return np.where(self.answered > 0, bound, 0.0)
+
+    def overall_precision_bound(self, z: float) -> np.ndarray:
+        """As precision_bound, over every answer given: answers to out-of-scope queries count wrong."""
+        given = self.answered + self.out_of_scope_answered
+        if z == 0:
+            return np.where(given > 0, self.right_answers / np.maximum(given, 1), 0.0)
+        return np.where(given > 0, wilson_lower_bound(self.right_answers, np.maximum(given, 1), z), 0.0)
+
+    def best(self, target_precision: float | None, z: float = 0.0) -> TopAnswerPoint | None:
+        """The largest answered share whose precision over every answer given (answers to
+        out-of-scope queries count wrong, so the in-scope precision holds too) is >= target, by its
+        Wilson lower bound z standard deviations down when z > 0 (a lucky handful of answers does
+        not reach a target); among equals the most net right answers, then the smaller threshold.
+        With no target (None): the most net right answers (right - wrong), then the larger answered
+        share. None when no threshold reaches the target."""
         if len(self.candidates) == 0:
             return None
-        feasible = np.ones(len(self.candidates), dtype=bool)
-        if target_precision is not None:
-            feasible = (self.precision >= target_precision - 1e-12) & (self.answered > 0)
+        index = np.arange(len(self.candidates))
+        if target_precision is None:
+            ordering = np.lexsort((index, -self.answered, -self.net))
+            return self.point(int(index[ordering[0]]))
+        feasible = (self.overall_precision_bound(z) >= target_precision - 1e-12) & (self.answered > 0)
         if not feasible.any():
             return None
         index = np.flatnonzero(feasible)
-        # lexsort: the last key is the primary one; argmax-like choice of the first of the best.
-        ordering = np.lexsort((index, -self.answered[index], -self.net[index]))
+        # lexsort: the last key is the primary one; the first of the best is taken.
+        ordering = np.lexsort((index, -self.net[index], -self.answered[index]))
         return self.point(int(index[ordering[0]]))
 
     def max_answered_at_precision(self, target: float) -> TopAnswerPoint | None:
@@ -447,9 +479,10 @@ class TopAnswerSweep:
             return None
         return self.point(int(feasible[np.argmax(self.answered[feasible])]))
 
-    def highest_precision(self) -> float:
+    def highest_precision(self, z: float = 0.0) -> float:
+        """The highest precision over every answer given (its lower bound with z > 0)."""
         answered = self.answered > 0
-        return float(self.precision[answered].max()) if answered.any() else 0.0
+        return float(self.overall_precision_bound(z)[answered].max()) if answered.any() else 0.0
 
 
 def rule_sweeps(

@@ -19,6 +19,7 @@ from app.evaluation.sweep import (
     labelled_rule_sweeps,
     label_judge,
     top_events,
+    wilson_lower_bound,
 )
 from app.search.reference import brute_force_search
 
@@ -118,14 +119,29 @@ def sweeps_with_tops():
 
 
 def test_choose_top_takes_the_most_net_right_answers_at_the_target():
-    chosen = choose_top(sweeps_with_tops(), 0.9)
+    chosen = choose_top(sweeps_with_tops(), 0.9, z=0)
     assert (chosen.min_pairs, chosen.answered, chosen.right) == (2, 2, 2)
     with pytest.raises(CalibrationError, match="highest reached is 1.000"):
-        choose_top(sweeps_with_tops(), 1.5)
+        choose_top(sweeps_with_tops(), 1.5, z=0)
+    # Two right answers out of two are too few for the lower bound of the precision to reach 0.9.
+    with pytest.raises(CalibrationError, match=r"highest reached is 0.42\d \(the lower bound"):
+        choose_top(sweeps_with_tops(), 0.9)
+
+
+def test_the_precision_bound_keeps_a_lucky_handful_from_reaching_the_target():
+    assert wilson_lower_bound(9, 10, 1.645) == pytest.approx(0.652, abs=1e-3)
+    assert wilson_lower_bound(190, 200, 1.645) == pytest.approx(0.918, abs=1e-3)
+    # 3 right answers first, then answers right 7 times in 10: 0.8 is reached only by the handful.
+    scores = np.arange(103, dtype=np.float32)
+    right = np.array([True] * 3 + [i % 10 < 7 for i in range(100)])
+    sweep = TopAnswerSweep(np.arange(103), scores, right, np.ones(103, dtype=bool))
+    assert sweep.best(0.8).answered >= 3
+    assert sweep.best(0.8, z=1.645) is None
+    assert sweep.best(0.6, z=1.645).answered > 50
 
 
 def test_calibration_record_for_the_top_objective_holds_both_views():
-    result = calibrate(sweeps_with_tops(), target_precision=0.9, model_id="m", data={}, split={}, objective="top")
+    result = calibrate(sweeps_with_tops(), target_precision=0.9, model_id="m", data={}, split={}, objective="top", z=0)
     record = result.record
     assert record["objective"] == "top" and record["chosen"]["min_pairs"] == 2
     assert record["chosen"]["top"]["answered_share"] == pytest.approx(2 / 3)
