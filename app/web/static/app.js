@@ -487,7 +487,7 @@
       `${data.sampled.toLocaleString("en")} of ${data.total.toLocaleString("en")} stored questions` +
       `${data.sampled < data.total ? " (a fixed sample)" : ""}: the first two principal components of their latent means ` +
       `(${share} of the variance), revision ${data.revision}. ` +
-      "Black crosses: the asked question's K codes; rings: its matches.";
+      "Black diamond: the asked question's mean; crosses: its K codes; rings: its matches' means.";
     renderOverlay(state.query ? ranked().accepted.slice(0, state.showAll ? Infinity : SHOWN) : []);
   }
 
@@ -504,6 +504,16 @@
       title.textContent = `match: ${c.text}`;
       ring.append(title);
       nodes.push(ring);
+    }
+    {
+      const [x, y] = project(state.query.mean);
+      const s = u * 1.3;
+      const mark = svg("path", { d: `M${x} ${-y - s}L${x + s} ${-y}L${x} ${-y + s}L${x - s} ${-y}Z`, class: "query-mean" });
+      mark.style.strokeWidth = String(u * 0.4);
+      const title = svg("title");
+      title.textContent = "asked question, latent mean";
+      mark.append(title);
+      nodes.push(mark);
     }
     state.query.samples.forEach((sample, i) => {
       const [x, y] = project(sample);
@@ -634,8 +644,8 @@
       el("ol", {}, ...clusters.slice(0, 20).map((cluster) => el(
         "li", {},
         el("details", {},
-          el("summary", {}, `${cluster.size} × “${cluster.representative.text}”`),
-          el("ul", {}, ...cluster.members.slice(0, 30).map((m) => el("li", { text: `${m.text} (id ${m.id})` })))),
+          el("summary", {}, `${cluster.size} × “${cluster.representative.text ?? "(deleted)"}”`),
+          el("ul", {}, ...cluster.members.slice(0, 30).map((m) => el("li", { text: `${m.text ?? "(deleted)"} (id ${m.id})` })))),
       ))),
     );
   }
