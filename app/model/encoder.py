@@ -117,6 +117,10 @@ class QuestionEncoder:
                     samples[rows] = codes.float().cpu().numpy()
         return Encoded(mean, scale, samples)
 
+    def coverage(self, texts: Sequence[str]) -> list[float]:
+        """Share of each text's visible characters the model's tokenizer knows (see Tokenizer.coverage)."""
+        return self._tokenizer.coverage(texts)
+
     def sample(self, texts: Sequence[str], k: int | None = None, batch_size: int = 256) -> np.ndarray:
         """(n, k, D) float32 codes, k = the model's samples per question unless given."""
         return self.encode(texts, k or self.samples_per_question, batch_size).samples

@@ -9,15 +9,23 @@ _WHITESPACE = re.compile(r"\s+")
 
 
 class EmptyTextError(ValueError):
-    """Raised for empty or whitespace-only questions."""
+    """Raised for empty questions: whitespace only, or only invisible format characters."""
+
+
+def _is_invisible(char: str) -> bool:
+    # Cf: zero-width spaces and joiners, bidi marks, BOM, soft hyphen; Cc: control characters.
+    # Neither carries meaning on its own; whitespace is handled by the regex.
+    return unicodedata.category(char) in ("Cf", "Cc")
 
 
 def normalize(text: str) -> str:
-    """NFKC, case-folded, whitespace collapsed. Raises EmptyTextError when nothing is left."""
+    """NFKC, case-folded, invisible format/control characters removed, whitespace collapsed.
+    Raises EmptyTextError when nothing visible is left."""
     if not isinstance(text, str):
         raise TypeError(f"question must be a string, got {type(text).__name__}")
     folded = unicodedata.normalize("NFKC", text).casefold()
-    collapsed = _WHITESPACE.sub(" ", folded).strip()
+    visible = "".join(" " if char.isspace() else char for char in folded if char.isspace() or not _is_invisible(char))
+    collapsed = _WHITESPACE.sub(" ", visible).strip()
     if not collapsed:
-        raise EmptyTextError("question is empty or whitespace only")
+        raise EmptyTextError("question is empty or whitespace only (invisible characters do not count)")
     return collapsed

@@ -12,6 +12,7 @@ import sentencepiece as spm
 from app.model.text import normalize
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+BYTE_PIECES = 256
 
 
 class Tokenizer:
@@ -37,14 +38,18 @@ class Tokenizer:
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(normalised),
             model_writer=proto,
-            vocab_size=vocab_size,
+            # vocab_size counts the learned pieces; the 256 byte pieces come on top.
+            vocab_size=vocab_size + BYTE_PIECES,
             model_type=model_type,
             pad_id=PAD_ID,
             unk_id=UNK_ID,
             bos_id=BOS_ID,
             eos_id=EOS_ID,
             normalization_rule_name="identity",
-            character_coverage=1.0,
+            # Rare characters and every script the corpus never showed become UTF-8 byte pieces
+            # instead of <unk>, so no text is unreadable and `coverage` can tell how much was known.
+            byte_fallback=True,
+            character_coverage=0.9995,
             # Small corpora cannot fill a large vocabulary; take what the data supports.
             hard_vocab_limit=False,
             num_threads=1,
@@ -75,8 +80,32 @@ class Tokenizer:
             encoded = self._processor.encode(normalised, out_type=int, num_threads=1)
         return [ids[: self.max_tokens] for ids in encoded]
 
+    def coverage(self, texts: Sequence[str]) -> list[float]:
+        """Per text, the share of its visible characters that fall in pieces the tokenizer learned
+        (not <unk>, not byte fallback): 1.0 for text like the training corpus, near 0 for a script
+        it never saw. Raises EmptyTextError like `encode`."""
+        shares = []
+        for text in texts:
+            normalised = normalize(text)
+            total = sum(1 for char in normalised if not char.isspace())
+            ids = self._processor.encode(normalised, out_type=int)
+            known = sum(
+                len(self._processor.id_to_piece(i).replace("\u2581", ""))
+                for i in ids
+                if i != UNK_ID and not self.is_byte(i)
+            )
+            shares.append(min(1.0, known / total) if total else 0.0)
+        return shares
+
     def decode(self, ids: Sequence[int]) -> str:
         return self._processor.decode([i for i in ids if i not in (PAD_ID, BOS_ID, EOS_ID)])
+
+    def piece(self, piece_id: int) -> str:
+        return self._processor.id_to_piece(piece_id)
+
+    def is_byte(self, piece_id: int) -> bool:
+        """A byte-fallback piece (one UTF-8 byte of a character the tokenizer did not learn)."""
+        return self._processor.is_byte(piece_id)
 
     def pieces(self, text: str) -> list[str]:
         return self._processor.encode(normalize(text), out_type=str)[: self.max_tokens]
