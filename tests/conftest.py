@@ -22,6 +22,7 @@ def tiny_architecture() -> dict:
     return {
         "tokenizer": {"vocab_size": 300, "max_tokens": 32},
         "architecture": {
+            "latent": "gaussian",
             "embedding_dim": 32,
             "encoder_hidden": 32,
             "feature_size": 32,
@@ -33,7 +34,11 @@ def tiny_architecture() -> dict:
         "training": {
             "epochs": 8, "batch_size": 16, "kl_warmup_epochs": 3.0, "patience": 3, "beta": 0.5,
             "learning_rate": 0.003, "word_dropout": 0.6, "free_bits": 0.2,
+            # The shared fixture stays teacher-free (fast, and the same with or without qsim[teacher]);
+            # the distillation tests train their own tiny models with the teacher.
+            "teacher": "none", "label_weight": 1.0, "augment": 0.0,
         },
+        "sampling": {"temperature": 1.0},
     }
 
 

@@ -77,10 +77,13 @@ def _state_dict_bytes(model: torch.nn.Module) -> bytes:
 def compute_model_id(files: dict[str, str], settings: ModelSettings) -> str:
     """Identity of what the codes depend on: weights, tokenizer, architecture and sampling.
     Calibrating the search threshold does not change it."""
+    architecture = settings.architecture.model_dump()
+    if not architecture["bag_features"]:
+        del architecture["bag_features"]  # an option added later: older models' ids stay what they were
     identity = {
         "files": files,
         "tokenizer": settings.tokenizer.model_dump(),
-        "architecture": settings.architecture.model_dump(),
+        "architecture": architecture,
         "sampling": settings.sampling.model_dump(),
     }
     return _sha256(json.dumps(identity, sort_keys=True).encode())[:16]
@@ -129,6 +132,8 @@ def load_artifact(model_dir: Path | str, device: str = "cpu") -> Artifact:
             raise ArtifactError(f"model artifact {model_dir} is missing {name}")
     config = read_config(model_dir)
     try:
+        # Artifacts from before an architecture option existed were trained without it.
+        config["settings"]["architecture"].setdefault("bag_features", False)
         settings = ModelSettings.model_validate(config["settings"])
     except (KeyError, ValidationError) as error:
         raise ArtifactError(f"{model_dir / CONFIG_FILE} has invalid settings: {error}") from None
@@ -177,12 +182,15 @@ def update_search_defaults(model_dir: Path, search: SearchDefaults) -> None:
 class ArtifactWriter:
     """Writes the artifact files during training (best checkpoint, metrics, card, resume state)."""
 
-    def __init__(self, out_dir: Path, settings: ModelSettings, corpus: Corpus, *, seed: int, command: str):
+    def __init__(
+        self, out_dir: Path, settings: ModelSettings, corpus: Corpus, *, seed: int, command: str, sources: dict | None = None
+    ):
         self.out_dir = Path(out_dir)
         self.settings = settings
         self.corpus = corpus
         self.seed = seed
         self.command = command
+        self.sources = sources or {}
 
     def write_model(self, model: SequenceVAE, tokenizer: Tokenizer) -> str:
         weights = _state_dict_bytes(model)
@@ -203,6 +211,7 @@ class ArtifactWriter:
                 "rows": len(self.corpus),
                 "text_column": self.corpus.text_column,
                 "label_column": self.corpus.label_column,
+                **self.sources,
             },
             "seed": self.seed,
             "command": self.command,

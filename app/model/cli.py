@@ -22,6 +22,27 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         help="optional column of categories/intents; recorded with the data, and used by supervised objectives",
     )
     p.add_argument("--out", type=Path, required=True, help="artifact directory to write (created if missing)")
+    p.add_argument(
+        "--transfer", type=Path, nargs="+", metavar="FILE",
+        help="unlabelled questions to distil on besides the corpus: text files, one question per line "
+        "(e.g. data/questions/transfer.txt); a fresh sample of training.transfer_per_epoch each epoch",
+    )
+    p.add_argument(
+        "--pairs", type=Path,
+        help="known pairs to learn from: CSV/JSON lines with two text columns and a 0/1 duplicate label "
+        "(the format qsim calibrate --pairs and qsim feedback export use)",
+    )
+    p.add_argument("--pair-columns", nargs=3, metavar=("FIRST", "SECOND", "LABEL"), help="the columns of --pairs")
+    p.add_argument(
+        "--init", type=Path, metavar="MODEL",
+        help="fine-tune a trained model (e.g. models/default) on this corpus: its tokenizer, architecture and "
+        "weights are the start",
+    )
+    p.add_argument("--teacher", choices=("none", "minilm"), help="distillation teacher (default: minilm when installed)")
+    p.add_argument(
+        "--teacher-cache", type=Path,
+        help="directory of the teacher's embedding cache (default: ~/.cache/qsim/teacher)",
+    )
     p.add_argument("--config", type=Path, help="JSON file of settings (tokenizer, architecture, training, sampling)")
     p.add_argument("--epochs", type=int, help="number of epochs (overrides the config file)")
     p.add_argument("--encoder", choices=("bilstm", "lstm", "gru", "bigru", "bow"), help="encoder (overrides config)")
@@ -33,8 +54,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 @command("train", "train a model artifact on a question corpus", _train_args)
 def _train(args: argparse.Namespace) -> int:
+    from app.model.artifact import load_artifact
     from app.model.config import load_settings_file
-    from app.model.data import read_corpus
+    from app.model.data import read_corpus, read_pairs, read_lines
     from app.model.train import Trainer
 
     settings = load_settings_file(args.config)
@@ -44,7 +66,12 @@ def _train(args: argparse.Namespace) -> int:
         settings.architecture.encoder = args.encoder
     if args.latent:
         settings.architecture.latent = args.latent
+    if args.teacher:
+        settings.training.teacher = args.teacher
     corpus = read_corpus(args.corpus, args.text_column, args.label_column)
+    transfer = [text for path in args.transfer or () for text in read_lines(path)]
+    pairs = read_pairs(args.pairs, tuple(args.pair_columns) if args.pair_columns else None) if args.pairs else None
+    init = load_artifact(args.init) if args.init else None
     result = Trainer(
         corpus,
         args.out,
@@ -53,6 +80,10 @@ def _train(args: argparse.Namespace) -> int:
         command=shlex.join(["qsim", *sys.argv[1:]]),
         progress=not args.no_progress,
         log=print,
+        transfer=transfer,
+        pairs=pairs,
+        init=init,
+        teacher_cache=args.teacher_cache,
     ).run(resume=args.resume)
     best = result.best
     print(

