@@ -58,7 +58,6 @@ from app.evaluation.sweep import (
     TopAnswerPoint,
     TopAnswerSweep,
     labelled_rule_sweeps,
-    labelled_sweeps,
     paired_sweeps,
     rule_sweeps,
 )

@@ -142,18 +142,20 @@ def test_calibrate_on_labelled_pairs(model_copy, pairs_file):
 def test_calibrate_pairs_for_the_top_answer_uses_the_other_pairs_as_distractors(model_copy, pairs_file, capsys):
     # In this file many same-intent questions are not marked as duplicates of each other, and an
     # unmarked candidate counts as wrong, as does any answer to a question without a marked
-    # duplicate: a precision of 0.9 is out of reach, 0.05 is not.
+    # duplicate: a precision of 0.9 is out of reach.
     assert main(["calibrate", "--model", str(model_copy), "--pairs", str(pairs_file)]) == 2
     assert "of the answered top results; the highest reached is" in capsys.readouterr().err
-    assert main(["calibrate", "--model", str(model_copy), "--pairs", str(pairs_file), "--target-precision", "0.05",
+    # The pairwise objective records the top answers of its choice as well, with the held-out duplicates.
+    assert main(["calibrate", "--model", str(model_copy), "--pairs", str(pairs_file), "--objective", "pairs",
                  "--out-of-scope-fraction", "0.3"]) == 0
     record = search_settings(model_copy)["calibration"]
     tops = record["split"]["top_answers"]
-    assert tops["queries"] == len({row for row in _column(pairs_file, 0)})
+    assert tops["queries"] == len(set(_column(pairs_file, 0)))
     assert tops["stored"] == len(set(_column(pairs_file, 1))) - tops["out_of_scope"]["stored_removed"]
-    assert tops["out_of_scope"]["queries_held_out"] >= 1
+    assert tops["out_of_scope"]["queries_held_out"] >= 1 and tops["out_of_scope"]["stored_removed"] >= 1
     top = record["chosen"]["top"]
-    assert top["precision_with_out_of_scope"] >= 0.05 and top["queries"] == tops["in_scope"] and top["out_of_scope"] >= 1
+    assert top["queries"] == tops["in_scope"] and top["out_of_scope"] == tops["queries"] - tops["in_scope"] >= 1
+    assert top["answered"] <= top["queries"] and top["right"] <= top["answered"]
 
 
 def _column(path, index):
@@ -177,7 +179,7 @@ def test_an_unreachable_target_precision_exits_2_naming_the_best_reached(model_c
         (["--corpus", "{corpus}", "--text-column", "text", "--label-column", "intent"], "has no column 'intent'"),
         (["--corpus", "{corpus}", "--text-column", "text"], "needs --text-column and --label-column"),
         (["--corpus", "{corpus}", "--pairs", "{corpus}", "--text-column", "text", "--label-column", "category"],
-         "either --corpus"),
+         "give one of --corpus"),
         (["--pairs", "{corpus}", "--pair-columns", "text", "category", "nope"], "has no column 'nope'"),
         (["--pairs", "{corpus}", "--pair-columns", "text", "text", "category"], "expected 0 or 1"),
     ],
@@ -202,7 +204,7 @@ def test_an_unknown_model_directory_exits_2(tmp_path, tiny_corpus_file, capsys):
 def test_evaluate_a_calibrated_model_writes_the_report_and_figures(model_copy, corpus_and_queries, tmp_path, capsys):
     corpus, queries = corpus_and_queries
     assert main(["calibrate", "--model", str(model_copy), "--corpus", str(corpus), "--text-column", "text",
-                 "--label-column", "category", "--min-pairs-options", "1", "3"]) == 0
+                 "--label-column", "category", "--min-pairs-options", "1", "3", "--objective", "pairs"]) == 0
     out = tmp_path / "report"
     status = main(["evaluate", "--model", str(model_copy), "--corpus", str(corpus), "--queries", str(queries),
                    "--text-column", "text", "--label-column", "category", "--out", str(out),

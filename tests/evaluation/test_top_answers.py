@@ -16,8 +16,8 @@ from app.evaluation.calibrate import (
 from app.evaluation.sweep import (
     ThresholdSweep,
     TopAnswerSweep,
-    labelled_rule_sweeps,
     label_judge,
+    labelled_rule_sweeps,
     top_events,
     wilson_lower_bound,
 )
