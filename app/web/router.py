@@ -55,7 +55,7 @@ def get_desk(request: Request) -> DeskService:
             desk = getattr(state, "desk", None)
             if desk is None:
                 runtime, settings = state.runtime, state.settings
-                desk = DeskService(runtime.db, runtime.engine, settings.map_max_points, settings.load_wait_seconds)
+                desk = DeskService(runtime.engine, settings.map_max_points, settings.load_wait_seconds)
                 state.desk = desk
     return desk
 
@@ -105,7 +105,6 @@ def explain(body: ExplainRequest, desk: DeskDep) -> ExplainResponse:
             for c in found.candidates
         ],
         missing=found.missing,
-        stored_fields=found.stored_fields,
     )
 
 

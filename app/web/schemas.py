@@ -58,7 +58,6 @@ class ExplainResponse(BaseModel):
     query: ExplainQuery
     results: list[ExplainedQuestion] = Field(description="nearest first (by closest pair)")
     missing: list[int] = Field(description="asked-for ids the index does not hold (deleted?)")
-    stored_fields: bool = Field(description="false when the database did not answer: answers and metadata are null")
 
 
 class MapPoint(BaseModel):

@@ -2,7 +2,8 @@
 pair distances against stored questions) and a 2-D map of the stored questions' latent means.
 
 Both read the live search state through the engine's public accessors (`engine.state`: encoder,
-index, catalog) and never change it.
+index, catalog) and never change it; texts, answers and metadata come from the catalog, so the page
+keeps working while the database is away, as searches do.
 
 The map is a PCA of the posterior means of (a deterministic sample of) the stored questions,
 computed once per index revision and model: the sample is the `map_max_points` ids with the
@@ -14,7 +15,6 @@ projects the query's K codes onto the same plane itself.
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 from collections import Counter
@@ -23,15 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 
-from app.core.db import Database
-from app.questions.models import Question
 from app.search.reference import pair_distances
 from app.similarity.engine import ModelSummary, SearchState, SimilarityEngine
-
-logger = logging.getLogger(__name__)
 
 ENCODE_CHUNK = 256  # texts per encoder call, so searches interleave with a map being built
 _HASH = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: a well-spread, stable order of ids
@@ -64,12 +58,6 @@ class Rule:
 
 
 @dataclass(frozen=True)
-class StoredFields:
-    answer: str | None
-    metadata: dict[str, Any] | None
-
-
-@dataclass(frozen=True)
 class Candidate:
     id: int
     text: str
@@ -92,7 +80,6 @@ class Explanation:
     query_samples: np.ndarray  # (K, D): exactly the codes a search with this text uses
     candidates: list[Candidate]
     missing: list[int]  # asked-for ids the index does not hold
-    stored_fields: bool  # False when the database did not answer (answers and metadata missing)
 
 
 @dataclass(frozen=True)
@@ -105,7 +92,6 @@ class Projection:
     center: np.ndarray  # (D,)
     components: np.ndarray  # (2, D)
     explained: np.ndarray  # (2,) share of the variance each component explains
-    metadata: dict[int, dict[str, Any]] | None  # None when the database did not answer
 
 
 @dataclass(frozen=True)
@@ -167,8 +153,7 @@ def _label(value: Any) -> str | None:
 
 
 class DeskService:
-    def __init__(self, database: Database, engine: SimilarityEngine, max_points: int, load_wait_seconds: float):
-        self.db = database
+    def __init__(self, engine: SimilarityEngine, max_points: int, load_wait_seconds: float):
         self.engine = engine
         self.max_points = max_points
         self.load_wait = load_wait_seconds
@@ -201,22 +186,25 @@ class DeskService:
         codes, present = self._codes(state, present)
         missing = [qid for qid in wanted if qid not in set(present)]
         distances = pair_distances(query, codes, encoder.metric) if present else np.empty((0, 0, 0))
-        texts = [state.catalog[qid][0] for qid in present]
-        means = encoder.encode(texts).mean if texts else np.empty((0, encoder.latent_dim))
-        fields, stored = self._stored_fields(present)
+        kept = [(row, qid, state.catalog.get(qid)) for row, qid in enumerate(present)]
+        kept = [(row, qid, entry) for row, qid, entry in kept if entry is not None]  # deleted meanwhile
+        missing += [qid for qid in present if qid not in {k[1] for k in kept}]
+        present, entries = [k[1] for k in kept], [k[2] for k in kept]
+        distances = distances[[k[0] for k in kept]] if kept else np.empty((0, 0, 0))
+        means = encoder.encode([e.text for e in entries]).mean if entries else np.empty((0, encoder.latent_dim))
         candidates = [
             Candidate(
                 id=qid,
-                text=state.catalog[qid][0],
-                external_id=state.catalog[qid][1],
-                answer=fields[qid].answer if qid in fields else None,
-                metadata=fields[qid].metadata if qid in fields else None,
+                text=entry.text,
+                external_id=entry.external_id,
+                answer=entry.answer,
+                metadata=entry.meta,
                 distances=distances[row],
                 mean=means[row],
             )
-            for row, qid in enumerate(present)
+            for row, (qid, entry) in enumerate(zip(present, entries, strict=True))
         ]
-        return Explanation(Rule.of(state), state.revision, encoded.mean[0], query, candidates, missing, stored)
+        return Explanation(Rule.of(state), state.revision, encoded.mean[0], query, candidates, missing)
 
     @staticmethod
     def _codes(state: SearchState, ids: list[int]) -> tuple[np.ndarray, list[int]]:
@@ -234,21 +222,6 @@ class DeskService:
             dim = (state.index.samples_per_item, state.index.dim)
             return (np.stack(rows) if rows else np.empty((0, *dim), dtype=np.float32)), kept
 
-    def _stored_fields(self, ids: list[int]) -> tuple[dict[int, StoredFields], bool]:
-        """Answers and metadata (not in the engine's catalog) from the database; searches keep
-        answering during a database outage, so the page shows matches without them then."""
-        if not ids:
-            return {}, True
-        try:
-            with self.db.reading() as session:
-                rows = session.execute(
-                    select(Question.id, Question.answer, Question.meta).where(Question.id.in_(ids))
-                ).all()
-        except SQLAlchemyError as error:
-            logger.warning("database unavailable; explaining without answers and metadata: %s", error.__class__.__name__)
-            return {}, False
-        return {row.id: StoredFields(row.answer, row.meta) for row in rows}, True
-
     # ------------------------------------------------------------------------------ map
 
     def latent_map(self, color_by: str | None) -> LatentMap:
@@ -257,7 +230,8 @@ class DeskService:
         self.engine.refresh()
         state = self._state()
         projection = self._projection_for(state)
-        metadata = projection.metadata or {}
+        entries = {qid: state.catalog.get(qid) for qid in projection.ids.tolist()}
+        metadata = {qid: e.meta for qid, e in entries.items() if e is not None and isinstance(e.meta, dict)}
         counts: Counter[str] = Counter()
         for meta in metadata.values():
             counts.update(key for key, value in meta.items() if _label(value) is not None)
@@ -267,18 +241,18 @@ class DeskService:
         key = color_by if color_by is not None else (keys[0] if keys else None)
         points = []
         for qid, (x, y) in zip(projection.ids.tolist(), projection.xy.tolist(), strict=True):
-            summary = state.catalog.get(qid)
-            if summary is None:  # deleted since the projection was built
+            entry = entries[qid]
+            if entry is None:  # deleted since the projection was built
                 continue
             label = _label(metadata.get(qid, {}).get(key)) if key else None
-            points.append(MapPoint(qid, x, y, summary[0], label))
+            points.append(MapPoint(qid, x, y, entry.text, label))
         return LatentMap(Rule.of(state), projection, key, keys, points)
 
     def _projection_for(self, state: SearchState) -> Projection:
         def fresh(projection: Projection | None) -> bool:
             return (
                 projection is not None and projection.model_id == state.encoder.model_id
-                and projection.revision == state.revision and projection.metadata is not None
+                and projection.revision == state.revision
             )
 
         if fresh(self._projection):
@@ -297,7 +271,7 @@ class DeskService:
         ids = np.asarray([qid for qid in sample_ids(all_ids, self.max_points).tolist() if qid in state.catalog], dtype=np.int64)
         if self._means_model != encoder.model_id:
             self._means, self._means_model = {}, encoder.model_id
-        keys = [(qid, state.catalog[qid][0]) for qid in ids.tolist()]
+        keys = [(qid, state.catalog[qid].text) for qid in ids.tolist()]
         todo = [key for key in keys if key not in self._means]
         for start in range(0, len(todo), ENCODE_CHUNK):
             chunk = todo[start : start + ENCODE_CHUNK]
@@ -317,18 +291,4 @@ class DeskService:
             center=center,
             components=components,
             explained=explained,
-            metadata=self._metadata(ids.tolist()),
         )
-
-    def _metadata(self, ids: list[int]) -> dict[int, dict[str, Any]] | None:
-        result: dict[int, dict[str, Any]] = {}
-        try:
-            with self.db.reading() as session:
-                for start in range(0, len(ids), 1000):
-                    chunk = ids[start : start + 1000]
-                    rows = session.execute(select(Question.id, Question.meta).where(Question.id.in_(chunk)))
-                    result.update({row.id: row.meta for row in rows if isinstance(row.meta, dict)})
-        except SQLAlchemyError as error:
-            logger.warning("database unavailable; mapping without metadata colours: %s", error.__class__.__name__)
-            return None
-        return result

@@ -128,6 +128,21 @@ def test_sliders_change_the_accepted_set_as_they_move(desk_page, desk_api, tiny_
     assert shown_ids(desk_page) == calibrated
 
 
+def test_a_question_the_model_cannot_read_says_why(desk_page, desk_api):
+    question = "我的银行卡还没有寄到"
+    answer = desk_api.post("/questions/similar", json={"question": question}).json()
+    shown = ask(desk_page, question)
+    assert shown == [r["id"] for r in answer["results"]]
+    if answer.get("reason"):
+        assert answer["reason_detail"] in desk_page.text_content("#status")
+    # Moving the slider does not bring back what the service left out.
+    desk_page.locator("#threshold").focus()
+    desk_page.keyboard.press("End")
+    settle(desk_page)
+    threshold, min_pairs = rule_of(desk_page)
+    assert shown_ids(desk_page) == api_ids(desk_api, question, threshold=threshold, min_pairs=min_pairs)
+
+
 def test_pair_grid_shows_the_rule_for_a_chosen_match(desk_page, desk_api, tiny_corpus_rows):
     question = tiny_corpus_rows[100]["text"]
     shown = ask(desk_page, question)
@@ -227,19 +242,32 @@ def test_admin_panel_starts_a_reindex_and_keeps_the_token_in_memory(desk_page):
     desk_page.script_errors[:] = [e for e in desk_page.script_errors if "401" not in e]
 
 
-def test_admin_panel_cluster_job(desk_page, desk_api):
+def test_admin_panel_cluster_job(desk_page, desk_api, tiny_corpus_rows):
     has_clusters = "/admin/clusters" in desk_api.get("/openapi.json").json()["paths"]
-    desk_page.goto("/")
+    ask(desk_page, tiny_corpus_rows[3]["text"])  # the slider now reaches the 25 nearest questions
+    desk_page.locator("#threshold").focus()
+    desk_page.keyboard.press("End")  # the job clusters with the rule on the sliders: a wide one
+    settle(desk_page)
     desk_page.click("#admin-details summary")
     desk_page.fill("#admin-token", ADMIN_TOKEN)
     desk_page.press("#admin-token", "Enter")
     desk_page.click("#start-clusters")
-    if has_clusters:
-        desk_page.locator("#clusters li").first.wait_for(timeout=120_000)
-        assert "clusters of duplicates" in desk_page.text_content("#clusters")
-    else:  # the service has no cluster jobs yet: the page says so instead of failing
+    if not has_clusters:  # a service without cluster jobs: the page says so instead of failing
         desk_page.locator("#admin-status", has_text="no cluster jobs").wait_for()
         desk_page.script_errors[:] = [e for e in desk_page.script_errors if "404" not in e and "405" not in e]
+        return
+    desk_page.locator("#clusters p", has_text="clusters of duplicates").wait_for(timeout=120_000)
+    job_id = desk_page.get_attribute("#job", "data-job-id")
+    result = desk_api.get(f"/admin/clusters/{job_id}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json()
+    threshold, min_pairs = rule_of(desk_page)
+    assert result["threshold"] == pytest.approx(threshold) and result["min_pairs"] == min_pairs
+    summary = desk_page.text_content("#clusters p")
+    assert summary.startswith(f"{len(result['clusters'])} clusters of duplicates, {result['singletons']} questions")
+    assert result["clusters"], "a threshold this wide joins some questions"
+    first = desk_page.locator("#clusters > ol > li").first
+    assert first.locator("summary").text_content().startswith(f"{result['clusters'][0]['size']} ×")
+    first.locator("summary").click()
+    assert first.locator("ul li").count() == min(30, len(result["clusters"][0]["members"]))
 
 
 def test_keyboard_and_labels(desk_page, tiny_corpus_rows):

@@ -43,6 +43,8 @@
     feedback: new Map(), // id -> the verdict saved for the question asked (true: duplicate)
     selected: null,
     showAll: false,
+    only: null, // ids the service restricted the answer to (see confirmWithService), else null
+    reason: null, // the service's reason_detail for such an answer
     seq: 0, // one per question asked: answers to an older one are dropped
     ruleSeq: 0, // one per slider move: checks of an older rule are dropped
     map: null,
@@ -90,7 +92,9 @@
 
   // The service's order: closest pair first, then more pairs within t, then id.
   function ranked() {
-    const all = [...state.pool.values()].map((c) => ({ c, within: pairsWithin(c, state.t) }));
+    const all = [...state.pool.values()]
+      .filter((c) => !state.only || state.only.has(c.id))
+      .map((c) => ({ c, within: pairsWithin(c, state.t) }));
     all.sort((a, b) => a.c.distance - b.c.distance || b.within - a.within || a.c.id - b.c.id);
     return {
       accepted: all.filter((x) => x.within >= state.m),
@@ -175,7 +179,7 @@
       state.items.clear();
       state.selected = null;
       state.showAll = false;
-      state.storedFields = explained.stored_fields;
+      state.only = null;
       fitThreshold(Math.max(0, ...explained.results.map((r) => r.distance)));
       await confirmWithService(seq);
       if (seq !== state.seq) return;
@@ -199,6 +203,10 @@
       question: state.query.text, limit: POOL, threshold: state.t, min_pairs: state.m,
     });
     if (seq !== state.seq) return;
+    // A question the model cannot read (reason "low_coverage") is answered by identical texts only:
+    // then the service's list, not the pair distances, says what matches.
+    state.reason = answer.reason ? answer.reason_detail || answer.reason : null;
+    state.only = answer.reason ? new Set(answer.results.map((r) => r.id)) : null;
     const missing = answer.results.map((r) => r.id).filter((id) => !state.pool.has(id));
     if (missing.length) {
       const more = await api("POST", "/questions/explain", { question: state.query.text, ids: missing });
@@ -240,15 +248,15 @@
       const many = n >= state.pool.size ? `${n} or more matches` : `${n} ${n === 1 ? "match" : "matches"}`;
       const listed = shown.length < n ? `; the closest ${shown.length} listed` : ", closest first";
       setStatus(`${many} at ${rule}${listed}.`, "ok");
+    } else if (state.only) {
+      setStatus("No stored question matches.", "empty");
     } else if (rejected.length) {
       const nearest = rejected[0];
       setStatus(`No stored question matches at ${rule}. The nearest, “${nearest.c.text}”, is at distance ${fmt(nearest.c.distance)} with ${nearest.within} pairs within t.`, "empty");
     } else {
       setStatus("No stored questions yet: there is nothing to match.", "empty");
     }
-    if (!state.storedFields) {
-      setStatus(`${$("status").textContent} (The database is not answering: answers and metadata are missing.)`, "error");
-    }
+    if (state.reason) setStatus(`${$("status").textContent} ${state.reason}`, accepted.length ? "ok" : "empty");
     renderResults(shown);
     const more = $("show-all");
     more.hidden = accepted.length <= SHOWN;
@@ -604,6 +612,7 @@
   function watchJob(jobId, kind) {
     clearTimeout(state.admin.timer);
     $("job").hidden = false;
+    $("job").dataset.jobId = jobId;
     $("job-label").textContent = `${kind === "reindex" ? "Reindex" : "Clusters"} job ${jobId.slice(0, 8)}`;
     const poll = async () => {
       if (!state.admin.token) return;
