@@ -211,6 +211,14 @@ def test_map_shows_the_stored_questions_and_the_query_samples(desk_page, desk_ap
     assert len(fills) == len(categories)
     assert desk_page.locator("#map-legend li").count() >= min(len(categories), 12)
     assert desk_page.input_value("#color-by") == "category"
+    # Zoomed to the question: a smaller part of the plane, the question's codes still drawn.
+    whole = [float(v) for v in desk_page.get_attribute("#map", "viewBox").split()]
+    desk_page.click("#zoom")
+    assert desk_page.get_attribute("#zoom", "aria-pressed") == "true"
+    zoomed = [float(v) for v in desk_page.get_attribute("#map", "viewBox").split()]
+    assert zoomed[2] < whole[2] and desk_page.locator("#map-overlay path.sample").count() == k
+    desk_page.click("#zoom")
+    assert [float(v) for v in desk_page.get_attribute("#map", "viewBox").split()] == whole
     desk_page.select_option("#color-by", "")
     fills = set(desk_page.locator("#map-points circle").evaluate_all("dots => dots.map(d => d.getAttribute('fill'))"))
     assert len(fills) == 1

@@ -43,6 +43,7 @@
     feedback: new Map(), // id -> the verdict saved for the question asked (true: duplicate)
     selected: null,
     showAll: false,
+    zoom: false, // the map shows the neighbourhood of the question instead of every point
     only: null, // ids the service restricted the answer to (see confirmWithService), else null
     reason: null, // the service's reason_detail for such an answer
     seq: 0, // one per question asked: answers to an older one are dropped
@@ -466,15 +467,14 @@
     const pad = 0.06 * Math.max(bounds.x1 - bounds.x0, bounds.y1 - bounds.y0, 1e-6);
     state.mapBounds = { x0: bounds.x0 - pad, x1: bounds.x1 + pad, y0: bounds.y0 - pad, y1: bounds.y1 + pad };
     const b = state.mapBounds;
-    const map = $("map");
-    // y grows upwards on the map: flip it in the viewBox.
-    map.setAttribute("viewBox", `${b.x0} ${-b.y1} ${b.x1 - b.x0} ${b.y1 - b.y0}`);
     state.mapUnit = Math.max(b.x1 - b.x0, b.y1 - b.y0) / 100;
 
     const labels = data.points.map((p) => (state.colorKey ? p.label : null));
     const { order, counts, colours } = palette(labels);
     const group = $("map-points");
     const r = state.mapUnit * (data.points.length > 2000 ? 0.45 : 0.7);
+    state.dotRadius = r;
+    state.mapScale = 1;
     group.replaceChildren(...data.points.map((p, i) => {
       const dot = svg("circle", { cx: p.x, cy: -p.y, r, fill: labels[i] !== null ? colours.get(labels[i]) : "#8a94a6", class: "dot" });
       const title = svg("title");
@@ -499,11 +499,43 @@
     renderOverlay(state.query ? ranked().accepted.slice(0, state.showAll ? Infinity : SHOWN) : []);
   }
 
+  // The visible part of the map: everything, or (zoomed) the question's codes and its matches with
+  // a margin; y grows upwards, so it is flipped in the viewBox.
+  function frameMap(points) {
+    let b = state.mapBounds;
+    if (state.zoom && points.length) {
+      const xs = points.map((p) => p[0]);
+      const ys = points.map((p) => p[1]);
+      const full = Math.max(b.x1 - b.x0, b.y1 - b.y0);
+      const half = Math.max(Math.max(...xs) - Math.min(...xs), Math.max(...ys) - Math.min(...ys), full / 6) * 0.75;
+      const cx = (Math.max(...xs) + Math.min(...xs)) / 2;
+      const cy = (Math.max(...ys) + Math.min(...ys)) / 2;
+      b = { x0: cx - half * (4 / 3), x1: cx + half * (4 / 3), y0: cy - half, y1: cy + half };
+    }
+    $("map").setAttribute("viewBox", `${b.x0} ${-b.y1} ${b.x1 - b.x0} ${b.y1 - b.y0}`);
+    // Marks keep their size on screen whatever the zoom.
+    const scale = Math.max(b.x1 - b.x0, b.y1 - b.y0) / Math.max(state.mapBounds.x1 - state.mapBounds.x0, state.mapBounds.y1 - state.mapBounds.y0);
+    if (Math.abs(scale - state.mapScale) > 0.01 * state.mapScale) {
+      state.mapScale = scale;
+      const r = String(state.dotRadius * scale);
+      for (const dot of $("map-points").children) dot.setAttribute("r", r);
+    }
+    return scale;
+  }
+
   function renderOverlay(accepted) {
     const overlay = $("map-overlay");
-    if (!state.map || !state.query || state.map.model.id !== state.rule.id) { overlay.replaceChildren(); return; }
-    const u = state.mapUnit;
+    const zoom = $("zoom");
+    if (!state.map || !state.query || state.map.model.id !== state.rule.id) {
+      overlay.replaceChildren();
+      zoom.disabled = true;
+      if (state.mapBounds) frameMap([]);
+      return;
+    }
+    zoom.disabled = false;
     const nodes = [];
+    const framed = [project(state.query.mean), ...state.query.samples.map(project), ...accepted.map(({ c }) => project(c.mean))];
+    const u = state.mapUnit * frameMap(framed);
     for (const { c } of accepted) {
       const [x, y] = project(c.mean);
       const ring = svg("circle", { cx: x, cy: -y, r: u * (state.selected === c.id ? 2.2 : 1.4), class: state.selected === c.id ? "ring selected" : "ring" });
@@ -673,6 +705,12 @@
       $(id).addEventListener("change", onSlideDone);
     }
     $("show-all").addEventListener("click", () => { state.showAll = !state.showAll; render(); });
+    $("zoom").addEventListener("click", () => {
+      state.zoom = !state.zoom;
+      $("zoom").setAttribute("aria-pressed", String(state.zoom));
+      $("zoom").textContent = state.zoom ? "Show every question" : "Zoom to the question";
+      render();
+    });
     $("reset-rule").addEventListener("click", () => {
       state.ruleSeq += 1;
       if (state.query) markChecked(false);
