@@ -23,6 +23,7 @@ def tiny_architecture() -> dict:
         "tokenizer": {"vocab_size": 300, "max_tokens": 32},
         "architecture": {
             "latent": "gaussian",
+            "bag_features": False,  # random tiny embeddings: the bag path only blurs a model this small
             "embedding_dim": 32,
             "encoder_hidden": 32,
             "feature_size": 32,

@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from app.cli import command
+from app.cli import CommandError, command
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -47,6 +47,15 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="number of epochs (overrides the config file)")
     p.add_argument("--encoder", choices=("bilstm", "lstm", "gru", "bigru", "bow"), help="encoder (overrides config)")
     p.add_argument("--latent", choices=("gaussian", "vmf"), help="latent distribution (overrides config)")
+    p.add_argument(
+        "--target-precision", type=float, default=0.9,
+        help="the calibration that ends training aims at this precision of answered top results (default 0.9)",
+    )
+    p.add_argument(
+        "--no-calibrate", action="store_true",
+        help="skip the calibration on the validation rows that otherwise ends training (the model then keeps "
+        "uncalibrated search defaults)",
+    )
     p.add_argument("--seed", type=int, default=13, help="random seed; training is deterministic per seed on CPU")
     p.add_argument("--resume", action="store_true", help="continue from train_state.pt in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
@@ -72,7 +81,9 @@ def _train(args: argparse.Namespace) -> int:
     transfer = [text for path in args.transfer or () for text in read_lines(path)]
     pairs = read_pairs(args.pairs, tuple(args.pair_columns) if args.pair_columns else None) if args.pairs else None
     init = load_artifact(args.init) if args.init else None
-    result = Trainer(
+    if not 0 < args.target_precision <= 1:
+        raise CommandError(f"--target-precision must be in (0, 1], got {args.target_precision}")
+    trainer = Trainer(
         corpus,
         args.out,
         settings,
@@ -84,10 +95,24 @@ def _train(args: argparse.Namespace) -> int:
         pairs=pairs,
         init=init,
         teacher_cache=args.teacher_cache,
-    ).run(resume=args.resume)
+    )
+    result = trainer.run(resume=args.resume)
     best = result.best
     print(
         f"best epoch {result.best_epoch}: reconstruction {best.val_reconstruction:.3f} KL {best.val_kl:.3f} "
         f"active units {best.active_units} ({result.stopped}, {result.wall_seconds:.0f} s) -> {args.out}"
     )
+    if not args.no_calibrate:
+        from app.evaluation.calibrate import calibrate_after_training
+
+        teacher = trainer.teacher_vectors
+        calibrate_after_training(
+            args.out,
+            corpus,
+            trainer.validation_rows,
+            pairs=pairs,
+            teacher=None if teacher is None else teacher[: len(corpus)],
+            target_precision=args.target_precision,
+            log=print,
+        )
     return 0

@@ -98,7 +98,7 @@ class TrainingConfig(_Strict):
 
 class SamplingConfig(_Strict):
     samples: int = Field(5, ge=1, le=64, description="K: latent codes per question")
-    temperature: float = Field(0.5, ge=0, description="scale of the posterior noise when sampling codes")
+    temperature: float = Field(0.25, ge=0, description="scale of the posterior noise when sampling codes")
     precision: Literal["float64", "float32"] = Field(
         "float64",
         description="inference arithmetic; float64 makes a question's codes bitwise independent of the "

@@ -169,6 +169,8 @@ class Trainer:
         self.pairs = pairs
         self.init = init
         self.teacher_cache = teacher_cache
+        self.teacher_vectors: np.ndarray | None = None  # (texts, E) once training has computed them
+        self.validation_rows: np.ndarray | None = None
         if init is not None:
             settings.tokenizer = init.settings.tokenizer
             settings.architecture = init.settings.architecture
@@ -217,6 +219,7 @@ class Trainer:
     def run(self, resume: bool = False) -> TrainResult:
         torch.manual_seed(self.seed)
         train_idx, val_idx = split_train_validation(len(self.corpus), self.cfg.val_fraction, self.seed)
+        self.validation_rows = val_idx
         texts, transfer_rows, pair_rows, pair_duplicate = self._texts()
         self._texts_all = texts
         state = self.writer.load_train_state() if resume else None

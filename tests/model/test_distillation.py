@@ -210,8 +210,9 @@ def test_distillation_moves_the_latent_towards_the_teacher(tiny_corpus_file, tmp
     plain, taught = tmp_path / "plain", tmp_path / "taught"
     Trainer(corpus, plain, tiny(teacher="none", label_weight=0.0), seed=4, progress=False,
             log=lambda _: None, teacher_cache=tmp_path / "cache").run()
-    Trainer(corpus, taught, tiny(teacher="minilm", label_weight=0.0, epochs=5), seed=4, progress=False,
-            log=lambda _: None, teacher_cache=tmp_path / "cache").run()
+    recipe = tiny(teacher="minilm", label_weight=0.0, epochs=5)
+    recipe.architecture.bag_features = True  # the default recipe's path: teacher-initialised embeddings in the bag
+    Trainer(corpus, taught, recipe, seed=4, progress=False, log=lambda _: None, teacher_cache=tmp_path / "cache").run()
     assert agreement(taught) > agreement(plain) + 0.1
     metrics = json.loads((taught / "metrics.json").read_text())["epochs"][-1]
     assert metrics["val_reconstruction"] > 0 and metrics["val_kl"] > 0  # still a VAE: both terms reported

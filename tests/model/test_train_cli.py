@@ -1,0 +1,53 @@
+"""`qsim train` as a desk runs it: the defaults are the recipe, and the model comes out calibrated."""
+
+from __future__ import annotations
+
+import json
+
+from app.cli import main
+from app.model.config import ModelSettings
+from tests.conftest import tiny_architecture
+
+
+def test_a_freshly_trained_model_is_calibrated_on_its_validation_rows(tiny_corpus_file, tmp_path, capsys):
+    config = tmp_path / "tiny.json"
+    tiny = tiny_architecture()
+    tiny["training"]["epochs"] = 2
+    config.write_text(json.dumps(tiny))
+    out = tmp_path / "desk-model"
+    code = main(["train", "--corpus", str(tiny_corpus_file), "--text-column", "text", "--label-column", "category",
+                 "--config", str(config), "--out", str(out), "--no-progress", "--teacher", "none"])
+    assert code == 0
+    search = json.loads((out / "config.json").read_text())["settings"]["search"]
+    assert search["calibration"]["source"] == "labels"
+    assert search["calibration"]["objective"] == "top"
+    assert search["threshold"] != ModelSettings().search.threshold
+    assert "calibrated on labels" in capsys.readouterr().out
+
+
+def test_no_calibrate_leaves_the_uncalibrated_defaults(tiny_corpus_file, tmp_path):
+    config = tmp_path / "tiny.json"
+    tiny = tiny_architecture()
+    tiny["training"]["epochs"] = 1
+    config.write_text(json.dumps(tiny))
+    out = tmp_path / "raw"
+    assert main(["train", "--corpus", str(tiny_corpus_file), "--text-column", "text", "--config", str(config),
+                 "--out", str(out), "--no-progress", "--no-calibrate"]) == 0
+    assert json.loads((out / "config.json").read_text())["settings"]["search"]["calibration"] is None
+
+
+def test_a_bad_target_precision_is_one_line(tiny_corpus_file, tmp_path, capsys):
+    code = main(["train", "--corpus", str(tiny_corpus_file), "--text-column", "text", "--out", str(tmp_path / "m"),
+                 "--target-precision", "1.5"])
+    assert code == 2
+    assert "--target-precision must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_the_cli_defaults_are_the_recipe():
+    """The recipe measured in models/README.md, as `qsim train` gets it with no --config."""
+    settings = ModelSettings()
+    arch, training = settings.architecture, settings.training
+    assert (arch.encoder, arch.latent, arch.bag_features) == ("bilstm", "vmf", True)
+    assert training.teacher == "minilm" and training.embedding_init == "teacher"
+    assert training.teacher_regression_weight > 0 and training.teacher_weight > 0 and training.augment > 0
+    assert settings.tokenizer.vocab_size == 8000
