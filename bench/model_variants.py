@@ -2,8 +2,8 @@
 
     python -m bench.model_variants [--epochs 4] [--labels] [--only bilstm-vmf ...]
 
-Each variant is trained with `qsim train` on the BANKING77 training questions (the default model's
-config file, with the variant's overrides) and measured with `qsim evaluate --held-out`: the
+Each variant is trained with `qsim train` on the BANKING77 training questions (qsim train's default
+settings, with the variant's overrides) and measured with `qsim evaluate --held-out`: the
 trainer's own validation rows are the queries and the rest the stored questions, so nothing here
 looks at the test set. Runs are shortened (--epochs) so the whole table fits in minutes; the
 figures compare variants with each other, not with the fully trained default.
@@ -49,13 +49,15 @@ def run(command: list[str], log: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=ROOT / "models" / "default.train.json")
+    parser.add_argument("--config", type=Path, help="base settings (default: qsim train's own defaults, the recipe)")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--labels", action="store_true", help="train with the category labels (the default model does)")
     parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="variants to run (default: all)")
     args = parser.parse_args()
 
-    base = json.loads(args.config.read_text())
+    from app.model.config import ModelSettings
+
+    base = json.loads(args.config.read_text()) if args.config else ModelSettings().model_dump(exclude={"search"})
     qsim = str(Path(sys.executable).with_name("qsim"))
     rows = []
     for name in args.only or VARIANTS:
