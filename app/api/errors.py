@@ -4,6 +4,7 @@ trace, never SQL. Database trouble is 503 with Retry-After (the client may retry
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -76,6 +77,9 @@ def error(status: int, message: str, headers: dict | None = None, **extra) -> JS
     return JSONResponse({"detail": message, **extra}, status_code=status, headers=headers)
 
 
+_QUESTION_PATH = re.compile(r"/questions/[^/]+")
+
+
 def _routes(routes):
     """Every route, looking into included routers (FastAPI >= 0.16x wraps them)."""
     for route in routes:
@@ -114,6 +118,11 @@ def install_error_handlers(app: FastAPI, retry_after_seconds: int) -> None:
         if exc.status_code == 400 and isinstance(exc.__cause__, ClientDisconnect):
             return await _disconnected(request, exc.__cause__)
         headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 404 and exc.detail == "Not Found" and _QUESTION_PATH.fullmatch(request.url.path):
+            # /questions/{question_id:int} only matches digits (so that /questions/similar is a 405,
+            # not a question id): another segment there is a bad id, said as for any bad field.
+            return invalid([{"loc": ["path", "question_id"], "msg": "must be a positive integer id",
+                             "type": "int_parsing"}])
         if exc.status_code == 405:
             allowed = allowed_methods(request)
             headers["Allow"] = ", ".join(allowed)
