@@ -1,7 +1,7 @@
 import pytest
 
 from app.model.text import EmptyTextError, normalize
-from app.model.tokenizer import Tokenizer
+from app.model.tokenizer import BYTE_PIECES, UNK_ID, Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -47,4 +47,19 @@ def test_training_is_deterministic_and_saves_to_bytes(tokenizer, tiny_corpus_row
 
 def test_bpe_is_selectable(tiny_corpus_rows):
     bpe = Tokenizer.train([r["text"] for r in tiny_corpus_rows], vocab_size=200, model_type="bpe")
-    assert 0 < bpe.vocab_size <= 200
+    assert 0 < bpe.vocab_size <= 200 + BYTE_PIECES  # the byte-fallback pieces come on top
+
+
+def test_scripts_the_corpus_never_showed_are_byte_pieces_not_unknown(tiny_corpus_rows):
+    tokenizer = Tokenizer.train([r["text"] for r in tiny_corpus_rows], vocab_size=300)
+    ids = tokenizer.encode(["我的卡丢了", "Моя карта", "🙂"])
+    assert all(ids) and UNK_ID not in {i for row in ids for i in row}
+    assert all(tokenizer.is_byte(i) for row in ids for i in row if tokenizer.piece(i) != "\u2581")
+
+
+def test_coverage_is_the_share_of_characters_the_tokenizer_learned(tiny_corpus_rows):
+    tokenizer = Tokenizer.train([r["text"] for r in tiny_corpus_rows], vocab_size=300)
+    assert tokenizer.coverage(["how do I top up my card"]) == [1.0]
+    assert tokenizer.coverage(["我的卡丢了", "🙂🙂"]) == [0.0, 0.0]
+    mixed = tokenizer.coverage(["card 我的"])[0]
+    assert mixed == pytest.approx(4 / 6)
