@@ -14,7 +14,7 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 # Install qsim's dependencies, then drop qsim itself: the code runs from /opt/qsim (next to its
 # models, data and migrations), not from site-packages.
-RUN pip install ".[cpu]" && pip uninstall -y qsim
+RUN pip install . && pip uninstall -y qsim
 
 FROM python:${PYTHON_VERSION}-slim-bookworm
 RUN groupadd --system --gid 10001 qsim \

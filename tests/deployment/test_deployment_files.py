@@ -64,9 +64,33 @@ def test_images_run_the_shared_entrypoint_as_a_non_root_user_with_a_healthcheck(
         assert (ROOT / copied).exists(), copied
 
 
-def test_gpu_image_installs_the_faiss_gpu_extra_and_cpu_image_the_cpu_extra():
-    assert '".[cpu]"' in dockerfile("Dockerfile")
-    assert '".[gpu]"' in dockerfile("docker/Dockerfile.gpu")
+def _pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_a_plain_install_brings_faiss_cpu_since_the_code_imports_faiss_at_module_level():
+    project = _pyproject()["project"]
+    assert any(re.match(r"faiss-cpu\b", dep) for dep in project["dependencies"])
+    extras = project["optional-dependencies"]
+    # No extra pulls a second wheel of the same `faiss` module next to faiss-cpu.
+    assert not any("faiss" in dep for deps in extras.values() for dep in deps)
+    # `cpu` stays as an empty alias: `make install` (EXTRAS=cpu,...) and older commands keep working.
+    assert extras.get("cpu") == []
+    for name in re.findall(r"^EXTRAS \?= (\S+)", (ROOT / "Makefile").read_text(), re.M)[0].split(","):
+        assert name in extras, name
+
+
+def test_cpu_image_installs_the_plain_package_and_gpu_image_swaps_in_the_faiss_gpu_build():
+    assert re.search(r'pip install "?\.(\[cpu\])?"?( |$)', dockerfile("Dockerfile"), re.M)
+    gpu = dockerfile("docker/Dockerfile.gpu")
+    install = re.search(r"^RUN pip install \..*$", gpu, re.M).group(0)
+    steps = [step.strip() for step in install.split("&&")]
+    uninstall = next(i for i, step in enumerate(steps) if "uninstall" in step and "faiss-cpu" in step)
+    gpu_build = next(i for i, step in enumerate(steps) if "faiss-gpu-cu12" in step and "uninstall" not in step)
+    assert uninstall < gpu_build  # remove the CPU wheel's `faiss` first, then install the GPU one
+    assert '".[gpu]"' not in gpu
 
 
 def test_entrypoint_is_executable_and_execs_the_server():
