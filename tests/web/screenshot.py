@@ -21,7 +21,7 @@ from tests.conftest import ROOT
 from tests.reliability.service_process import ServiceProcess, service_env
 from tests.web.browser import WIDTHS, RequestLog, chromium_missing, launch, no_sideways_scroll
 
-QUESTION = "Can I get a refund for a card payment?"
+QUESTION = "My new card still has not arrived"
 SHIPPED_MODEL = ROOT / "models" / "default"
 
 
