@@ -14,7 +14,11 @@ Layout:
 
 A save writes a new snapshot under a temporary name, fsyncs every file, renames it into place, then
 atomically replaces CURRENT (os.replace) and only then deletes older snapshots. A crash at any point
-leaves CURRENT naming a complete snapshot. Segments are immutable, so a segment already present in
+leaves CURRENT naming a complete snapshot. Every worker saves into the same directory, so one saver
+at a time: a save holds an exclusive lock on `<directory>/.lock` (fcntl.flock, released by the
+kernel if the process dies) from reading the previous snapshot to the end of its cleanup. The
+cleanup never removes the snapshot CURRENT names, nor a staging directory
+(`.tmp-<pid>-snapshot-...`) whose process is still alive. Segments are immutable, so a segment already present in
 the previous snapshot is hard-linked rather than rewritten: saving a large index after a few writes
 costs little more than its live masks. Loading verifies every checksum, size, shape and count, and
 what the caller expects (model, dimension, samples per question, metric), and refuses anything else
@@ -23,6 +27,8 @@ with an `IndexFileError` that says what is wrong.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -43,6 +49,7 @@ CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 SNAPSHOT_PREFIX = "snapshot-"
 TEMPORARY_PREFIX = ".tmp-"
+LOCK = ".lock"
 PARTITION_ARRAYS = (
     "offsets", "centres", "centre_norms", "radii", "max_norms",
     "group_offsets", "group_centres", "group_centre_norms", "group_radii",
@@ -139,9 +146,60 @@ def write_index(directory: Path, header: dict[str, Any], segments: list[tuple[An
     segments: (segment, live mask) pairs. Returns the new snapshot directory."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    with _save_lock(directory):
+        return _write_locked(directory, header, segments)
+
+
+@contextlib.contextmanager
+def _save_lock(directory: Path):
+    """One saver at a time per index directory, across processes (workers share the directory)."""
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _staging_owner(entry_name: str) -> int | None:
+    """The pid in a staging name `.tmp-<pid>-snapshot-...`, or None (an older, pid-less name)."""
+    head = entry_name[len(TEMPORARY_PREFIX):].split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _clean_up(directory: Path, keep: str) -> None:
+    """Remove older snapshots and abandoned staging directories; under the save lock. Never the
+    snapshot CURRENT names (read again here), nor staging that a live process owns."""
+    try:
+        current = _current_name(directory)
+    except IndexFileError:
+        current = keep
+    for entry in directory.iterdir():
+        if entry.name in (keep, current):
+            continue
+        if entry.name.startswith(TEMPORARY_PREFIX):
+            owner = _staging_owner(entry.name)
+            if owner is not None and owner != os.getpid() and _pid_alive(owner):
+                continue
+        elif not entry.name.startswith(SNAPSHOT_PREFIX):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def _write_locked(directory: Path, header: dict[str, Any], segments: list[tuple[Any, np.ndarray]]) -> Path:
     previous, previous_files = _previous_files(directory)
     name = f"{SNAPSHOT_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
-    staging = directory / f"{TEMPORARY_PREFIX}{name}"
+    staging = directory / f"{TEMPORARY_PREFIX}{os.getpid()}-{name}"
     staging.mkdir()
     files: dict[str, Any] = {}
     described = []
@@ -183,9 +241,7 @@ def write_index(directory: Path, header: dict[str, Any], segments: list[tuple[An
     _write_file(pointer, lambda out: out.write(f"{name}\n".encode()))
     os.replace(pointer, directory / CURRENT)
     _fsync_directory(directory)
-    for entry in directory.iterdir():
-        if entry.name != name and (entry.name.startswith(SNAPSHOT_PREFIX) or entry.name.startswith(TEMPORARY_PREFIX)):
-            shutil.rmtree(entry, ignore_errors=True)
+    _clean_up(directory, name)
     return final
 
 
@@ -210,10 +266,12 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_index(directory: Path, expected: dict[str, Any], attempts: int = 3) -> StoredIndex:
+def read_index(directory: Path, expected: dict[str, Any], attempts: int = 10) -> StoredIndex:
     """Read and verify the snapshot CURRENT names. expected: header fields the caller requires
     (None values are not checked). If another process saves meanwhile, it deletes the snapshot
-    being read once CURRENT has moved on: the read is then retried on the new snapshot."""
+    being read once CURRENT has moved on: the read is then retried on the new snapshot, up to
+    `attempts` times while CURRENT keeps moving (saves are serialized, so each retry needs another
+    whole save to land in between)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise IndexFileError(f"no index directory at {directory}")

@@ -139,7 +139,28 @@ def test_an_interrupted_save_leaves_the_previous_snapshot_in_service(saved):
     loaded = SimilarityIndex.load(directory, device="cpu")
     assert np.array_equal(loaded.ids(), index.ids()) and loaded.revision == 42
     index.save(directory)  # the next save clears the debris
-    assert sorted(p.name.split("-")[0] for p in directory.iterdir()) == ["CURRENT", "snapshot"]
+    # (.lock: the file the savers lock, one saver at a time)
+    assert sorted(p.name.split("-")[0] for p in directory.iterdir()) == [".lock", "CURRENT", "snapshot"]
+
+
+def test_a_save_leaves_the_staging_directory_of_a_live_process_and_clears_a_dead_ones(saved):
+    import subprocess
+    import sys
+
+    index, directory = saved
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        for pid in (live.pid, dead.pid):
+            (directory / f".tmp-{pid}-snapshot-99999999999999999999-busy").mkdir()
+        index.save(directory)
+        names = {p.name for p in directory.iterdir()}
+        assert f".tmp-{live.pid}-snapshot-99999999999999999999-busy" in names
+        assert f".tmp-{dead.pid}-snapshot-99999999999999999999-busy" not in names
+    finally:
+        live.kill()
+        live.wait()
 
 
 def test_unchanged_segments_are_linked_not_rewritten(saved):
@@ -179,3 +200,62 @@ def test_a_load_racing_a_save_by_another_process_reads_the_new_snapshot(saved, m
     loaded = SimilarityIndex.load(directory, device="cpu")
     assert len(calls) == 2 and calls[0] != calls[1]
     assert loaded.revision == 50 and 7000 in loaded
+
+
+SAVER = r"""
+import json, sys, time
+from pathlib import Path
+import numpy as np
+from app.search import SimilarityIndex
+
+directory, worker, saves, start = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+rng = np.random.default_rng(worker)
+index = SimilarityIndex(6, 3, "cosine", model_id="0123456789abcdef", device="cpu", cluster_min_questions=50)
+index.add(np.arange(worker * 10**6, worker * 10**6 + 300), rng.standard_normal((300, 3, 6)).astype(np.float32),
+          revision=1)
+errors = []
+while time.time() < start:  # both savers start together
+    time.sleep(0.001)
+for i in range(saves):
+    # a write between saves: each save has a new live mask to write and old segments to link
+    index.add(np.array([worker * 10**6 + 1000 + i]), rng.standard_normal((1, 3, 6)).astype(np.float32),
+              revision=2 + i)
+    try:
+        index.save(directory)
+    except Exception as error:
+        errors.append(f"save {i}: {error!r}")
+        continue
+    try:
+        loaded = SimilarityIndex.load(directory, expected_model_id="0123456789abcdef", device="cpu")
+        assert len(loaded) >= 301, len(loaded)
+    except Exception as error:
+        errors.append(f"load after save {i}: {error!r}")
+print(json.dumps(errors))
+"""
+
+
+def test_two_processes_saving_into_one_directory_never_break_each_other_or_current(tmp_path):
+    """Every worker saves into the same index directory: a save must never remove the staging
+    directory of another process's save in progress, nor the snapshot CURRENT names."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    directory = tmp_path / "index"
+    start = time.time() + 3.0
+    savers = [
+        subprocess.Popen([sys.executable, "-c", SAVER, str(directory), str(worker), "60", str(start)],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for worker in (1, 2)
+    ]
+    results = [saver.communicate(timeout=120) for saver in savers]
+    for saver, (out, err) in zip(savers, results, strict=True):
+        assert saver.returncode == 0, err
+        assert json.loads(out.strip().splitlines()[-1]) == []
+    loaded = SimilarityIndex.load(directory, expected_model_id=MODEL, device="cpu")
+    assert len(loaded) == 360  # the last save, whichever process made it, is complete
+    leftovers = [entry.name for entry in directory.iterdir() if entry.name.startswith((".tmp-", "snapshot-"))]
+    assert leftovers == [(directory / "CURRENT").read_text().strip()]
