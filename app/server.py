@@ -76,14 +76,11 @@ def _reindex(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from app.core.config import get_settings
-    from app.core.db import open_database
-    from app.core.migrations import check_schema
+    from app.core.db import migrated_database
     from app.similarity.engine import SimilarityEngine
 
     settings = get_settings()
-    database = open_database(settings.database_url, settings.database_timeout_seconds)
-    try:
-        check_schema(database.engine)
+    with migrated_database(settings.database_url, settings.database_timeout_seconds) as database:
         engine = SimilarityEngine(database, settings)
         encoder = engine.load_encoder(args.model or engine.configured_model_dir())
         with tqdm(total=100, unit="%", disable=not os.isatty(1)) as bar:
@@ -91,6 +88,4 @@ def _reindex(args: argparse.Namespace) -> int:
         engine.adopt(state)
         engine.save()
         print(f"indexed {len(state.index)} questions with model {encoder.name} ({encoder.model_id}) -> {engine.index_path}")
-    finally:
-        database.dispose()
     return 0

@@ -38,14 +38,11 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
 def _cluster(args: argparse.Namespace) -> int:
     from app.clusters.service import cluster_state, write_clusters_csv
     from app.core.config import get_settings
-    from app.core.db import open_database
-    from app.core.migrations import check_schema
+    from app.core.db import migrated_database
     from app.similarity.engine import InvalidQuery, SimilarityEngine
 
     settings = get_settings()
-    database = open_database(settings.database_url, settings.database_timeout_seconds)
-    try:
-        check_schema(database.engine)
+    with migrated_database(settings.database_url, settings.database_timeout_seconds) as database:
         engine = SimilarityEngine(database, settings)
         engine.start()
         try:
@@ -53,8 +50,6 @@ def _cluster(args: argparse.Namespace) -> int:
         except InvalidQuery as error:
             raise CommandError(str(error)) from None
         rows = write_clusters_csv(result, args.out, args.include_singletons, engine.state)
-    finally:
-        database.dispose()
     print(
         f"{result['questions']} questions: {len(result['clusters'])} clusters of 2 or more, {result['singletons']} "
         f"singletons (threshold {result['threshold']:.4g}, min_pairs {result['min_pairs']}); {rows} rows -> {args.out}"

@@ -137,3 +137,17 @@ def open_database(url: str, timeout_seconds: float = 2.0) -> Database:
         sessionmaker(bind=engine, expire_on_commit=False, autoflush=False),
         sessionmaker(bind=write_engine, expire_on_commit=False, autoflush=False),
     )
+
+
+@contextmanager
+def migrated_database(url: str, timeout_seconds: float = 2.0) -> Iterator[Database]:
+    """The database at `url` for a command-line tool: refused (SchemaOutOfDateError) unless it is
+    at the newest migration, and disposed of when the block ends."""
+    from app.core.migrations import check_schema
+
+    database = open_database(url, timeout_seconds)
+    try:
+        check_schema(database.engine)
+        yield database
+    finally:
+        database.dispose()

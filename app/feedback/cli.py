@@ -21,16 +21,11 @@ def _feedback_args(p: argparse.ArgumentParser) -> None:
 @command("feedback", "export the agents' verdicts as labelled pairs", _feedback_args)
 def _feedback(args: argparse.Namespace) -> int:
     from app.core.config import get_settings
-    from app.core.db import open_database
-    from app.core.migrations import check_schema
+    from app.core.db import migrated_database
     from app.feedback.service import FeedbackService, write_pairs
 
     settings = get_settings()
-    database = open_database(settings.database_url, settings.database_timeout_seconds)
-    try:
-        check_schema(database.engine)
+    with migrated_database(settings.database_url, settings.database_timeout_seconds) as database:
         rows = write_pairs(FeedbackService(database).iter_pairs(), args.out)
-    finally:
-        database.dispose()
     print(f"wrote {rows} labelled pairs to {args.out}")
     return 0
