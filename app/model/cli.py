@@ -65,7 +65,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 def _train(args: argparse.Namespace) -> int:
     from app.model.artifact import load_artifact
     from app.model.config import load_settings_file
-    from app.model.data import read_corpus, read_pairs, read_lines
+    from app.model.data import read_corpus, read_lines, read_pairs
     from app.model.train import Trainer
 
     settings = load_settings_file(args.config)

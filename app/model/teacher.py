@@ -111,21 +111,23 @@ def teacher_embeddings(
         cached = cache.get(texts)
         for i, vector in cached.items():
             out[i] = vector
-        missing = sorted({t: i for i, t in reversed(list(enumerate(texts))) if i not in cached}.values())
-        if missing:
+        uncached: dict[str, list[int]] = {}
+        for i, text in enumerate(texts):
+            if i not in cached:
+                uncached.setdefault(text, []).append(i)
+        if uncached:
             if log:
-                log(f"teacher {kind}: embedding {len(missing)} texts ({len(cached)} of {len(texts)} cached in {cache.path})")
+                log(f"teacher {kind}: embedding {len(uncached)} texts ({len(cached)} of {len(texts)} cached in {cache.path})")
             model = MiniLM()
-            for start in range(0, len(missing), chunk):
-                rows = missing[start : start + chunk]
-                batch_texts = [texts[i] for i in rows]
+            pending = list(uncached)
+            for start in range(0, len(pending), chunk):
+                batch_texts = pending[start : start + chunk]
                 vectors = model.encode(batch_texts)
                 cache.put(batch_texts, vectors)
-                if log and len(missing) > chunk:
-                    log(f"teacher {kind}: {min(start + chunk, len(missing))}/{len(missing)}")
-            remaining = [i for i in range(len(texts)) if i not in cached]
-            for offset, vector in cache.get([texts[i] for i in remaining]).items():
-                out[remaining[offset]] = vector
+                for text, vector in zip(batch_texts, vectors, strict=True):
+                    out[uncached[text]] = vector
+                if log and len(pending) > chunk:
+                    log(f"teacher {kind}: {min(start + chunk, len(pending))}/{len(pending)}")
         return out
     finally:
         cache.close()

@@ -221,7 +221,6 @@ class Trainer:
         train_idx, val_idx = split_train_validation(len(self.corpus), self.cfg.val_fraction, self.seed)
         self.validation_rows = val_idx
         texts, transfer_rows, pair_rows, pair_duplicate = self._texts()
-        self._texts_all = texts
         state = self.writer.load_train_state() if resume else None
         if resume and state is None:
             self.log(f"no {TRAIN_STATE_FILE} in {self.out_dir}; starting from scratch")
