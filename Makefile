@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 TORCH_PIP_ARGS ?=
 EXTRAS ?= cpu,eval,dev
 # The shipped default's epochs (the CLI default is 8; models/default/MODEL_CARD.md says why it differs).
-DEFAULT_EPOCHS ?= 2
+DEFAULT_EPOCHS ?= 4
 
 .PHONY: help install browser run serve test test-long lint bench bench-index bench-encoder bench-http \
         evaluate train-default calibrate-default model-variants clean
