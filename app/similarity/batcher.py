@@ -20,13 +20,15 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Generic, TypeVar
 
+from app.core.errors import Unavailable
+
 logger = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
-class Overloaded(RuntimeError):
+class Overloaded(Unavailable):
     """The queue is full; try again shortly."""
 
 

@@ -35,6 +35,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from app.admin.models import ServiceState
 from app.core.config import Settings
 from app.core.db import Database
+from app.core.errors import InvalidRequest, Unavailable
 from app.model.encoder import Encoded, QuestionEncoder
 from app.model.text import EmptyTextError, normalize
 from app.questions import repository
@@ -115,16 +116,15 @@ class SearchAnswer:
     reason_detail: str | None = None
 
 
-class InvalidQuery(ValueError):
+class InvalidQuery(InvalidRequest):
     """A query the current model cannot answer as asked (e.g. min_pairs above K x K); `field`
     names the request field at fault."""
 
     def __init__(self, message: str, field: str):
-        super().__init__(message)
-        self.field = field
+        super().__init__(message, field=field)
 
 
-class NotReady(RuntimeError):
+class NotReady(Unavailable):
     """The engine has no model or index loaded yet."""
 
 
