@@ -1,15 +1,14 @@
-"""The service's long-lived objects, wired together: database, similarity engine, micro-batcher,
-question service, job manager and a maintenance thread (catch up with other writers, save the
-index now and then)."""
+"""The service's long-lived objects, wired together: database, service-state repository, change
+applier (the one writer of the index), search service (all encode and search work), question,
+feedback and cluster services, and the job manager."""
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.admin.repository import ServiceStateRepository
 from app.admin.service import JobManager
 from app.clusters.service import ClusterService
 from app.core.config import Settings
@@ -17,10 +16,11 @@ from app.core.db import Database, open_database
 from app.core.metrics import Metrics
 from app.core.migrations import check_schema
 from app.feedback.service import FeedbackService
-from app.questions import repository
 from app.questions.service import QuestionService
-from app.similarity.batcher import MicroBatcher
-from app.similarity.engine import SimilarityEngine
+from app.similarity.applier import ChangeApplier
+from app.similarity.model_registry import ModelRegistry
+from app.similarity.search_service import SearchService
+from app.similarity.state import StateBuilder
 
 logger = logging.getLogger(__name__)
 
@@ -30,33 +30,36 @@ class Runtime:
         self.settings = settings
         self.metrics = metrics
         self.db = database or open_database(settings.database_url, settings.database_timeout_seconds)
-        self.engine = SimilarityEngine(self.db, settings)
-        self.batcher = MicroBatcher(
-            lambda queries: self.engine.search(queries),
+        self.service_state = ServiceStateRepository(self.db)
+        self.models = ModelRegistry(settings, self.service_state)
+        self.builder = StateBuilder(self.db, settings, self.service_state)
+        self.applier = ChangeApplier(
+            self.db, settings, self.builder, self.service_state, on_lagging_write=metrics.lagging_writes.inc
+        )
+        self.searches = SearchService(
+            lambda: self.applier.state,
+            self.applier.wait_until_loaded,
+            min_coverage=settings.min_coverage,
             max_batch=settings.batch_max_size,
             max_wait_seconds=settings.batch_max_wait_ms / 1000.0,
             max_queue=settings.queue_max,
-            name="search-batcher",
+            timeout_seconds=settings.search_timeout_seconds,
+            load_wait_seconds=settings.load_wait_seconds,
             on_batch=metrics.search_batch_size.observe,
         )
-        self.questions = QuestionService(
-            self.db, self.engine, self.batcher, settings.search_timeout_seconds, settings.load_wait_seconds
-        )
+        self.questions = QuestionService(self.db, self.applier, self.searches)
         self.feedback = FeedbackService(
             self.db, on_record=lambda duplicate: metrics.feedback.labels("duplicate" if duplicate else "not_duplicate").inc()
         )
-        self.jobs = JobManager(self.db, self.engine, on_finish=lambda status: metrics.reindex_jobs.labels(status).inc())
-        self.clusters = ClusterService(self.db, self.engine, self.jobs)
-        self.load_error: str | None = None
-        self._stopping = threading.Event()
-        self._loader: threading.Thread | None = None
-        self._maintenance: threading.Thread | None = None
+        self.jobs = JobManager(self.db, self.reindex, on_finish=lambda status: metrics.reindex_jobs.labels(status).inc())
+        self.clusters = ClusterService(self.db, lambda: self.applier.state, self.jobs)
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         """Checks the schema and loads the model now (a broken model stops the start with its
-        error); loads or builds the index in the background while /healthz already answers."""
+        error); the change applier loads or builds the index in the background while /healthz
+        already answers."""
         import torch
         from threadpoolctl import threadpool_limits
 
@@ -64,99 +67,64 @@ class Runtime:
         torch.set_num_threads(self.settings.torch_threads)
         threadpool_limits(self.settings.torch_threads, user_api="blas")
         check_schema(self.db.engine)
-        encoder = self.engine.load_encoder(self.engine.configured_model_dir())
+        active = self.models.active()
+        encoder = self.builder.load_encoder(active.path)
         self.jobs.fail_orphans()
-        self._loader = threading.Thread(target=self._load, args=(encoder,), name="index-loader", daemon=True)
-        self._loader.start()
-        self._maintenance = threading.Thread(target=self._maintain, name="maintenance", daemon=True)
-        self._maintenance.start()
+        self.applier.start(encoder, active)
 
     def wait_until_loaded(self, timeout: float | None = None) -> bool:
-        if self._loader is not None:
-            self._loader.join(timeout)
-        return self.engine.loaded
-
-    def _load(self, encoder) -> None:
-        delay = 0.5
-        while not self._stopping.is_set():
-            try:
-                self.engine.start(encoder)
-                self.load_error = None
-                return
-            except SQLAlchemyError as error:  # the database went away during the load: try again
-                self.load_error = f"database unavailable while loading the index: {error.__class__.__name__}"
-            except Exception as error:
-                self.load_error = f"{type(error).__name__}: {error}"
-                logger.exception("loading the index failed; retrying")
-            logger.warning("%s; retrying in %.1f s", self.load_error, delay)
-            self._stopping.wait(delay)
-            delay = min(delay * 2, 10.0)
-
-    def _maintain(self) -> None:
-        last_save = time.monotonic()
-        interval = self.settings.index_save_interval_seconds
-        tick = min(1.0, interval) if interval > 0 else 1.0
-        while not self._stopping.wait(tick):
-            if not self.engine.loaded:
-                continue
-            try:
-                self.engine.refresh()
-                if interval > 0 and time.monotonic() - last_save >= interval:
-                    last_save = time.monotonic()
-                    self.engine.save()
-            except Exception:
-                logger.exception("index maintenance failed; retrying in a second")
+        return self.applier.wait_until_loaded(timeout)
 
     def stop(self) -> None:
         """Graceful shutdown: stop taking searches, let a running reindex finish briefly, save."""
-        self._stopping.set()
-        self.batcher.stop()
+        self.searches.stop()
         self.jobs.wait(timeout=self.settings.shutdown_grace_seconds)
-        if self._maintenance is not None:
-            self._maintenance.join(timeout=5)
         try:
-            self.engine.stop()
+            self.applier.stop()
         except Exception:
             logger.exception("saving the index at shutdown failed; it will be rebuilt or caught up at the next start")
         self.db.dispose()
 
+    def reindex(self, model_dir=None, progress=None):
+        """Builds a new index (with another model if given) while the live one serves, then the
+        applier switches to it (and every worker follows a model switch). A failure leaves the live
+        index untouched."""
+        live = self.applier.state
+        encoder = self.builder.load_encoder(model_dir) if model_dir else live.encoder
+        new_state = self.builder.build(encoder, live.generation, progress)
+        return self.applier.switch(new_state, activate=model_dir)
+
     # ------------------------------------------------------------------ operations
 
     def readiness(self, writes: bool = False) -> dict:
-        """Whether this instance can answer searches (writes=False: the model and index are loaded
-        and, while the database answers, the index has applied its changes) or also writes
-        (writes=True: the database answers too). A database outage leaves searches answering from
-        the index, so it fails only the writes probe."""
+        """Whether this instance can answer searches (writes=False: the model and index are loaded;
+        answered from memory, never from the database) or also writes (writes=True: the database
+        answers a ping too). A database outage leaves searches answering from the index, so it
+        fails only the writes probe."""
+        status = self.applier.status()
         reasons = []
-        status = self.engine.status()
         if not status["loaded"]:
-            reasons.append(self.load_error or "loading the model and index")
-        database = "ok"
-        try:
-            self.db.ping()
-            with self.db.reading() as session:
-                latest = repository.last_change(session)
-        except SQLAlchemyError as error:
-            database = f"not answering ({error.__class__.__name__})"
-            if writes:
+            reasons.append(self.applier.load_error or "loading the model and index")
+        database = status.pop("database")
+        if writes:
+            try:
+                self.db.ping()
+                database = "ok"
+            except SQLAlchemyError as error:
+                database = f"not answering ({error.__class__.__name__})"
                 reasons.append(f"database {database}")
-            latest = None
-        if status["loaded"] and latest is not None and latest > status["revision"]:
-            self.engine.sync(wait=False)
-            status = self.engine.status()
-            if latest > status["revision"]:
-                reasons.append(f"index has not yet applied {latest - status['revision']} database changes")
         return {
             "status": "not ready" if reasons else "ready", "reasons": reasons, "scope": "writes" if writes else "searches",
             "database": database, **status,
         }
 
     def metrics_exposition(self) -> bytes:
-        status = self.engine.status()
+        status = self.applier.status()
         if status["loaded"]:
             self.metrics.index_questions.set(status["questions"])
             self.metrics.index_revision.set(status["revision"])
+            self.metrics.index_pending_changes.set(status["pending_changes"])
             self.metrics.model_info.clear()
             self.metrics.model_info.labels(status["model"], status["model_id"]).set(1)
-        self.metrics.search_queue_depth.set(self.batcher.depth)
+        self.metrics.search_queue_depth.set(self.searches.depth)
         return self.metrics.exposition()

@@ -77,15 +77,15 @@ def _reindex(args: argparse.Namespace) -> int:
 
     from app.core.config import get_settings
     from app.core.db import migrated_database
-    from app.similarity.engine import SimilarityEngine
+    from app.similarity.applier import ChangeApplier
 
     settings = get_settings()
     with migrated_database(settings.database_url, settings.database_timeout_seconds) as database:
-        engine = SimilarityEngine(database, settings)
-        encoder = engine.load_encoder(args.model or engine.configured_model_dir())
+        applier, active = ChangeApplier.for_tools(database, settings)
+        encoder = applier.builder.load_encoder(args.model or active.path)
         with tqdm(total=100, unit="%", disable=not os.isatty(1)) as bar:
-            state = engine.build(encoder, progress=lambda f: bar.update(round(f * 100) - bar.n))
-        engine.adopt(state)
-        engine.save()
-        print(f"indexed {len(state.index)} questions with model {encoder.name} ({encoder.model_id}) -> {engine.index_path}")
+            state = applier.builder.build(encoder, active.generation, progress=lambda f: bar.update(round(f * 100) - bar.n))
+        applier.save_state(state)
+        path = applier.builder.index_path(encoder.model_id)
+        print(f"indexed {len(state.index)} questions with model {encoder.name} ({encoder.model_id}) -> {path}")
     return 0

@@ -34,7 +34,7 @@ def reindex(runtime: RuntimeDep, jobs: JobsDep, body: ReindexRequest | None = No
     """Builds a new index in the background (optionally with another model) while searches are
     answered from the current one, then swaps it in atomically. Poll GET /admin/jobs/{job_id}."""
     name = body.model if body else None
-    model_dir = runtime.engine.resolve_model(name) if name else None
+    model_dir = runtime.models.resolve(name) if name else None
     job = jobs.start_reindex(model_dir, name)
     return ReindexAccepted(job_id=job.id, status=job.status)
 

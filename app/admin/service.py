@@ -17,8 +17,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.admin.models import Job
 from app.core.db import Database
+from app.core.errors import ConflictError
 from app.questions.models import utcnow
-from app.similarity.engine import SimilarityEngine
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +28,15 @@ HEARTBEAT_SECONDS = 2.0
 STALE_AFTER = timedelta(seconds=30)
 
 
-class JobConflict(RuntimeError):
+class JobConflict(ConflictError, RuntimeError):
+    """A job of this kind is already running; the 409 names it (`job_id`)."""
+
     def __init__(self, job_id: str, kind: str = "reindex"):
         super().__init__(f"{kind} job {job_id} is already running")
         self.job_id = job_id
+
+    def extra(self) -> dict[str, str]:
+        return {"job_id": self.job_id}
 
 
 Work = Callable[[Callable[[float], None]], None]
@@ -40,9 +45,10 @@ Work = Callable[[Callable[[float], None]], None]
 class JobManager:
     """Background jobs of several kinds (reindex, clusters): one job of each kind at a time."""
 
-    def __init__(self, database: Database, engine: SimilarityEngine, on_finish=None):
+    def __init__(self, database: Database, reindex: Callable[[Path | None, Callable[[float], None]], object],
+                 on_finish=None):
         self.db = database
-        self.engine = engine
+        self._reindex = reindex
         self._on_finish = on_finish or (lambda status: None)
         self._lock = threading.Lock()
         self._threads: dict[str, tuple[str, threading.Thread]] = {}  # kind -> (job id, thread)
@@ -63,7 +69,7 @@ class JobManager:
             return session.get(Job, job_id)
 
     def start_reindex(self, model_dir: Path | None, model_name: str | None) -> Job:
-        return self.start("reindex", lambda progress: self.engine.reindex(model_dir, progress), model_name)
+        return self.start("reindex", lambda progress: self._reindex(model_dir, progress), model_name)
 
     def start(self, kind: str, work: Work, model_name: str | None = None, on_success=None) -> Job:
         """Records a queued job of `kind` and runs `work(progress)` in a background thread;

@@ -39,17 +39,18 @@ def _cluster(args: argparse.Namespace) -> int:
     from app.clusters.service import cluster_state, write_clusters_csv
     from app.core.config import get_settings
     from app.core.db import migrated_database
-    from app.similarity.engine import InvalidQuery, SimilarityEngine
+    from app.similarity.applier import ChangeApplier
+    from app.similarity.search_service import InvalidQuery
 
     settings = get_settings()
     with migrated_database(settings.database_url, settings.database_timeout_seconds) as database:
-        engine = SimilarityEngine(database, settings)
-        engine.start()
+        applier, active = ChangeApplier.for_tools(database, settings)
+        state = applier.load_now(applier.builder.load_encoder(active.path), active.generation)
         try:
-            result = cluster_state(engine.state, args.threshold, args.min_pairs, dict(args.filter) or None)
+            result = cluster_state(state, args.threshold, args.min_pairs, dict(args.filter) or None)
         except InvalidQuery as error:
             raise CommandError(str(error)) from None
-        rows = write_clusters_csv(result, args.out, args.include_singletons, engine.state)
+        rows = write_clusters_csv(result, args.out, args.include_singletons, state)
     print(
         f"{result['questions']} questions: {len(result['clusters'])} clusters of 2 or more, {result['singletons']} "
         f"singletons (threshold {result['threshold']:.4g}, min_pairs {result['min_pairs']}); {rows} rows -> {args.out}"

@@ -13,10 +13,11 @@ from app.admin.service import JobManager
 from app.clusters.clustering import leader_clusters, similarity_graph
 from app.clusters.models import ClusterResult
 from app.core.db import Database
-from app.core.errors import NotFoundError
+from app.core.errors import ConflictError, NotFoundError
 from app.questions.models import utcnow
 from app.similarity.catalog import InvalidFilter
-from app.similarity.engine import InvalidQuery, SearchState, SimilarityEngine
+from app.similarity.search_service import InvalidQuery
+from app.similarity.state import SearchState
 
 KIND = "clusters"
 
@@ -26,8 +27,8 @@ class ClusterJobNotFound(NotFoundError):
         super().__init__(f"cluster job {job_id} does not exist")
 
 
-class ClustersNotReady(RuntimeError):
-    """The job exists but has not succeeded (yet); `job` tells its state."""
+class ClustersNotReady(ConflictError, RuntimeError):
+    """The job exists but has not succeeded (yet); the 409 names it (`job_id`) and says its state."""
 
     def __init__(self, job: Job):
         message = f"cluster job {job.id} has status {job.status}"
@@ -35,6 +36,9 @@ class ClustersNotReady(RuntimeError):
             message += f": {job.error}"
         super().__init__(message)
         self.job_id = job.id
+
+    def extra(self) -> dict[str, str]:
+        return {"job_id": self.job_id}
 
 
 def cluster_state(
@@ -76,13 +80,13 @@ def cluster_state(
 
 
 class ClusterService:
-    def __init__(self, database: Database, engine: SimilarityEngine, jobs: JobManager):
+    def __init__(self, database: Database, live_state: Callable[[], SearchState], jobs: JobManager):
         self.db = database
-        self.engine = engine
+        self._live_state = live_state
         self.jobs = jobs
 
     def start(self, threshold: float | None, min_pairs: int | None, where: dict[str, Any] | None) -> Job:
-        state = self.engine.state  # NotReady (503) while loading
+        state = self._live_state()  # NotReady (503) while loading
         # Fail bad parameters now (422), not in the job.
         encoder = state.encoder
         pairs = encoder.samples_per_question**2
@@ -90,7 +94,7 @@ class ClusterService:
             raise InvalidQuery(f"min_pairs must be between 1 and {pairs}", field="min_pairs")
 
         def work(progress) -> dict:
-            return cluster_state(self.engine.state, threshold, min_pairs, where, progress)
+            return cluster_state(self._live_state(), threshold, min_pairs, where, progress)
 
         return self.jobs.start(KIND, work, on_success=self._store)
 

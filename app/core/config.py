@@ -102,11 +102,25 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = 2.0
     queue_max: int = 1024
     retry_after_seconds: int = 1
-    sync_interval_ms: float = Field(
-        0.0, description="how stale the index may be w.r.t. writes made by other processes (0: check every search)"
+    # The change applier (app/similarity/applier.py), the one writer of the index
+    applier_poll_ms: float = Field(
+        50.0, gt=0,
+        description="how often the applier reads the change log for other processes' writes (workers, qsim import) "
+        "and the active model; a write in this process wakes it at once",
     )
-    sync_wait_seconds: float = Field(
-        2.0, description="how long a search waits for a catch-up already under way before answering from the index"
+    write_visibility_timeout_seconds: float = Field(
+        10.0, ge=0,
+        description="a write waits this long for every live worker's index to apply it before it returns anyway "
+        "(counted in qsim_lagging_writes)",
+    )
+    replica_heartbeat_seconds: float = Field(
+        0.5, gt=0, description="how often each worker records its applied revision and model generation"
+    )
+    replica_timeout_seconds: float = Field(
+        2.0, gt=0, description="a worker that has not recorded its progress for this long is no longer waited for"
+    )
+    model_switch_timeout_seconds: float = Field(
+        120.0, ge=0, description="a reindex that switches the model waits this long for the other workers to follow"
     )
     metrics_dir: Path = Field(
         PROJECT_ROOT / "var" / "metrics", description="shared metrics files when several workers serve"

@@ -32,6 +32,14 @@ class Metrics:
         self.index_revision = Gauge(
             "qsim_index_revision", "last database change applied to the index", registry=r, **per_worker
         )
+        self.index_pending_changes = Gauge(
+            "qsim_index_pending_changes", "database changes the last poll saw that the index has not applied yet",
+            registry=r, **per_worker,
+        )
+        self.lagging_writes = Counter(
+            "qsim_lagging_writes", "writes that returned before every live worker's index had applied them "
+            "(QSIM_WRITE_VISIBILITY_TIMEOUT_SECONDS)", registry=r,
+        )
         self.model_info = Gauge(
             "qsim_model_info", "the model serving searches", ["name", "model_id"], registry=r, **per_worker
         )
@@ -41,7 +49,7 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r,
         )
         self.search_queue_depth = Gauge(
-            "qsim_search_queue_depth", "searches waiting for the batcher", registry=r, multiprocess_mode="livesum"
+            "qsim_search_queue_depth", "questions waiting for the search executor", registry=r, multiprocess_mode="livesum"
         )
         self.feedback = Counter(
             "qsim_feedback", "agents' verdicts recorded through POST /feedback", ["verdict"], registry=r

@@ -1,12 +1,13 @@
-"""What the questions API does, free of HTTP: storage, change log, index sync and search.
+"""What the questions API does, free of HTTP: storage and the change log; searches are the
+search service's.
 
 A write commits the question and its change-log entry in one transaction, then waits until the
-index has applied that change, so a question is searchable as soon as the call returns.
+change applier (of every live worker) has applied that change, so a question is searchable as soon
+as the call returns.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,13 +17,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.core.db import Database
-from app.core.errors import NotFoundError
+from app.core.errors import ConflictError, NotFoundError
 from app.model.encoder import Encoded
 from app.questions import repository
 from app.questions.models import Question
 from app.questions.repository import NewQuestion
-from app.similarity.batcher import MicroBatcher
-from app.similarity.engine import ModelSummary, SearchAnswer, SearchQuery, SimilarityEngine
+from app.similarity.applier import ChangeApplier
+from app.similarity.search_service import ModelSummary, SearchAnswer, SearchQuery, SearchService
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +38,10 @@ class ExternalIdNotFound(NotFoundError):
         super().__init__(f"no question has external_id {external_id!r}")
 
 
-class ExternalIdConflict(ValueError):
+class ExternalIdConflict(ConflictError, ValueError):
     """external ids already used by other questions; `question_ids` are those questions' ids (in the
-    same order), unknown (empty) when a concurrent writer took the id first."""
+    same order), unknown (empty) when a concurrent writer took the id first. The 409 names them (and
+    `id`, the existing question, when one external id clashed)."""
 
     def __init__(self, external_ids: Sequence[str], question_ids: Sequence[int] = ()):
         shown = ", ".join(repr(e) for e in list(external_ids)[:10])
@@ -50,6 +52,14 @@ class ExternalIdConflict(ValueError):
         super().__init__(f"external_id already used by another question{': ' if shown else ''}{shown}{owners}{more}")
         self.external_ids = list(external_ids)
         self.question_ids = list(question_ids)
+
+    def extra(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"external_ids": self.external_ids}
+        if self.question_ids:
+            extra["question_ids"] = self.question_ids
+        if len(self.question_ids) == 1:
+            extra["id"] = self.question_ids[0]
+        return extra
 
 
 @dataclass
@@ -68,40 +78,27 @@ class BulkOutcome:
 
 
 class QuestionService:
-    def __init__(
-        self,
-        database: Database,
-        engine: SimilarityEngine,
-        batcher: MicroBatcher[SearchQuery, SearchAnswer],
-        search_timeout_seconds: float,
-        load_wait_seconds: float = 0.0,
-    ):
+    def __init__(self, database: Database, applier: ChangeApplier, searches: SearchService):
         self.db = database
-        self.engine = engine
-        self.batcher = batcher
-        self.search_timeout = search_timeout_seconds
-        self.load_wait = load_wait_seconds
+        self.applier = applier
+        self.searches = searches
 
-    # ------------------------------------------------------------------ search
+    # ------------------------------------------------------------------ search (the search service's)
 
     async def similar_async(self, query: SearchQuery) -> SearchAnswer:
-        """One question, micro-batched with whatever else is being asked right now; awaited on the
-        event loop (no thread held while the batch runs)."""
-        if not self.engine.loaded:
-            await asyncio.to_thread(self.engine.wait_until_loaded, self.load_wait)
-        return await self.batcher.submit_async(query, timeout=self.search_timeout)
+        return await self.searches.similar_async(query)
+
+    async def similar_many_async(self, queries: Sequence[SearchQuery]) -> list[SearchAnswer]:
+        return await self.searches.similar_many_async(queries)
 
     def similar_many(self, queries: Sequence[SearchQuery]) -> list[SearchAnswer]:
-        """Many questions: already a batch, answered in one pass."""
-        self.engine.wait_until_loaded(self.load_wait)  # returns at once when loaded
-        answers = self.engine.search(queries)
-        for answer in answers:
-            if isinstance(answer, Exception):
-                raise answer
-        return answers
+        return self.searches.similar_many(queries)
+
+    async def encode_async(self, text: str) -> tuple[ModelSummary, Encoded]:
+        return await self.searches.encode_async(text)
 
     def encode(self, text: str) -> tuple[ModelSummary, Encoded]:
-        return self.engine.encode(text)
+        return self.searches.encode(text)
 
     # ------------------------------------------------------------------ reads
 
@@ -119,7 +116,8 @@ class QuestionService:
     # ------------------------------------------------------------------ writes
 
     def _commit_and_index(self, write) -> Any:
-        """Runs `write(session)` in a write transaction, then waits for the index to apply it."""
+        """Runs `write(session)` in a write transaction, then waits until the index of every live
+        worker has applied it (the change applier does the applying)."""
         try:
             with self.db.writing() as session:
                 result = write(session)
@@ -128,7 +126,7 @@ class QuestionService:
             if "external_id" in str(error.orig):
                 raise ExternalIdConflict([]) from None
             raise
-        self.engine.sync(target=revision)
+        self.applier.wait_visible(revision)
         return result
 
     @staticmethod

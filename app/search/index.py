@@ -24,10 +24,10 @@ import numpy as np
 from app.search.accelerator import GPU_MAX_K, CpuFlatKnn, GpuAccelerator, resolve_device
 from app.search.approximate import KINDS, ApproximateIndex, ApproximateSpec
 from app.search.bounds import MAX_ABS_CODE, FloatErrorModel, SearchGeometry
-from app.search.engine import Rule, collect
 from app.search.merging import MergePolicy
 from app.search.partition import Balls, Partition, PartitionPlan
 from app.search.reference import METRICS, Match
+from app.search.refine import Rule, collect
 from app.search.segment import Segment, SegmentView
 from app.search.sources import (
     ApproximateSource,

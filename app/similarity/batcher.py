@@ -3,9 +3,13 @@
 One worker thread takes every request that queued up while it was busy (up to `max_batch`), so
 batches grow with load and a lone request is not held back; `max_wait` holds a batch open a little
 longer for company, but only while requests have been arriving together (the previous batch had
-more than one), so a client asking one question at a time never waits for others. The queue is bounded: when it is full, `submit` fails at once
-with `Overloaded`, which the HTTP layer turns into 503 with Retry-After instead of letting latency
-grow without bound.
+more than one), so a client asking one question at a time never waits for others.
+
+Items have a weight (a batch of 50 questions weighs 50): `max_batch` and `max_queue` count weight,
+so a batch request cannot slip past the bounds a single question obeys. An item heavier than
+`max_batch` is processed alone; one heavier than `max_queue` is admitted only into an empty queue.
+When the queue is full, `submit` fails at once with `Overloaded`, which the HTTP layer turns into
+503 with Retry-After instead of letting latency grow without bound.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ Result = TypeVar("Result")
 class Overloaded(Unavailable):
     """The queue is full; try again shortly."""
 
+    counter = "overloaded"
+
 
 class MicroBatcher(Generic[Item, Result]):
     """`process` maps a batch of items to one result per item; a result that is an exception is
@@ -53,7 +59,8 @@ class MicroBatcher(Generic[Item, Result]):
         self._max_wait = max_wait_seconds
         self._max_queue = max_queue
         self._on_batch = on_batch
-        self._queue: deque[tuple[Item, Future]] = deque()
+        self._queue: deque[tuple[Item, Future, int]] = deque()
+        self._queued_weight = 0
         self._ready = threading.Condition()
         self._stopping = False
         self._last_batch_size = 1
@@ -62,31 +69,33 @@ class MicroBatcher(Generic[Item, Result]):
 
     @property
     def depth(self) -> int:
-        return len(self._queue)
+        """Queued weight (questions waiting)."""
+        return self._queued_weight
 
-    def _enqueue(self, item: Item) -> Future:
+    def _enqueue(self, item: Item, weight: int) -> Future:
         future: Future = Future()
         with self._ready:
             if self._stopping:
                 raise Overloaded("shutting down")
-            if len(self._queue) >= self._max_queue:
-                raise Overloaded(f"{len(self._queue)} requests already queued")
-            self._queue.append((item, future))
+            if self._queue and self._queued_weight + weight > self._max_queue:
+                raise Overloaded(f"{self._queued_weight} questions already queued")
+            self._queue.append((item, future, weight))
+            self._queued_weight += weight
             self._ready.notify()
         return future
 
-    def submit(self, item: Item, timeout: float | None = None) -> Result:
+    def submit(self, item: Item, timeout: float | None = None, weight: int = 1) -> Result:
         """Blocks until the item's batch is processed; re-raises the item's exception."""
-        future = self._enqueue(item)
+        future = self._enqueue(item, weight)
         try:
             return future.result(timeout=timeout)
         except FutureTimeout:
             future.cancel()
             raise Overloaded(f"not answered within {timeout:.1f} s") from None
 
-    async def submit_async(self, item: Item, timeout: float | None = None) -> Result:
+    async def submit_async(self, item: Item, timeout: float | None = None, weight: int = 1) -> Result:
         """The same for an event loop: waits without holding a thread."""
-        future = self._enqueue(item)
+        future = self._enqueue(item, weight)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except TimeoutError:
@@ -105,19 +114,22 @@ class MicroBatcher(Generic[Item, Result]):
                 self._ready.wait()
             if not self._queue:
                 return []
-            if self._max_wait > 0 and len(self._queue) < self._max_batch and self._last_batch_size > 1:
+            if self._max_wait > 0 and self._queued_weight < self._max_batch and self._last_batch_size > 1:
                 deadline = time.monotonic() + self._max_wait
-                while len(self._queue) < self._max_batch and not self._stopping:
+                while self._queued_weight < self._max_batch and not self._stopping:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
                     self._ready.wait(remaining)
             batch = []
-            while self._queue and len(batch) < self._max_batch:
-                item, future = self._queue.popleft()
+            weight = 0
+            while self._queue and (not batch or weight + self._queue[0][2] <= self._max_batch):
+                item, future, item_weight = self._queue.popleft()
+                self._queued_weight -= item_weight
                 if future.set_running_or_notify_cancel():
                     batch.append((item, future))
-            self._last_batch_size = max(1, len(batch))
+                    weight += item_weight
+            self._last_batch_size = max(1, weight)
             return batch
 
     def _run(self) -> None:

@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from app.core.errors import InvalidRequest
+
 FilterValue = str | int | float | bool
 EMPTY_IDS = np.empty(0, dtype=np.int64)
 
@@ -27,12 +29,14 @@ class CatalogEntry(NamedTuple):
     meta: dict[str, Any] | None = None
 
 
-class InvalidFilter(ValueError):
-    """A filter value that is not a string, a finite number or a boolean; `key` names it."""
+class InvalidFilter(InvalidRequest):
+    """A filter value that is not a string, a finite number or a boolean; `key` names it (a 422
+    about the request's `filter`)."""
 
     def __init__(self, key: str, value: Any):
         super().__init__(
-            f"filter value of {key!r} must be a string, a number or a boolean, got {_json_type(value)}"
+            f"filter value of {key!r} must be a string, a number or a boolean, got {_json_type(value)}",
+            field="filter",
         )
         self.key = key
 

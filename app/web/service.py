@@ -1,8 +1,8 @@
 """What the desk page needs beyond the questions API, free of HTTP: why a question matched (the K x K
 pair distances against stored questions) and a 2-D map of the stored questions' latent means.
 
-Both read the live search state through the engine's public accessors (`engine.state`: encoder,
-index, catalog) and never change it; texts, answers and metadata come from the catalog, so the page
+Both read the live search state the change applier publishes (encoder, index,
+catalog) and never change it; texts, answers and metadata come from the catalog, so the page
 keeps working while the database is away, as searches do.
 
 The map is a PCA of the posterior means of (a deterministic sample of) the stored questions,
@@ -18,24 +18,29 @@ from __future__ import annotations
 import math
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from app.core.errors import InvalidRequest
 from app.search.reference import pair_distances
-from app.similarity.engine import ModelSummary, SearchState, SimilarityEngine
+from app.similarity.search_service import ModelSummary, SearchService
+from app.similarity.state import SearchState
 
 ENCODE_CHUNK = 256  # texts per encoder call, so searches interleave with a map being built
 _HASH = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: a well-spread, stable order of ids
 MAX_LABEL_CHARS = 80
 
 
-class UnknownColorKey(ValueError):
+class UnknownColorKey(InvalidRequest):
+    """The map was asked to colour by a metadata key no mapped question has (a 422 about
+    `color_by`, a query parameter: the route says so)."""
+
     def __init__(self, key: str, present: Sequence[str]):
         listed = ", ".join(repr(k) for k in present) if present else "none"
-        super().__init__(f"no mapped question has the metadata key {key!r}; keys present: {listed}")
+        super().__init__(f"no mapped question has the metadata key {key!r}; keys present: {listed}", field="color_by")
         self.key = key
 
 
@@ -153,8 +158,11 @@ def _label(value: Any) -> str | None:
 
 
 class DeskService:
-    def __init__(self, engine: SimilarityEngine, max_points: int, load_wait_seconds: float):
-        self.engine = engine
+    def __init__(self, searches: SearchService, live_state: Callable[[], SearchState],
+                 wait_until_loaded: Callable[[float], bool], max_points: int, load_wait_seconds: float):
+        self.searches = searches
+        self._live_state = live_state
+        self._wait_until_loaded = wait_until_loaded
         self.max_points = max_points
         self.load_wait = load_wait_seconds
         self._projection: Projection | None = None
@@ -163,17 +171,18 @@ class DeskService:
         self._build_lock = threading.Lock()
 
     def _state(self) -> SearchState:
-        self.engine.wait_until_loaded(self.load_wait)  # at once when loaded; NotReady (503) after
-        return self.engine.state
+        self._wait_until_loaded(self.load_wait)  # at once when loaded; NotReady (503) after
+        return self._live_state()
 
     # ------------------------------------------------------------------------------ explain
 
     def explain(self, text: str, ids: Sequence[int] | None, limit: int) -> Explanation:
         """The query's K codes and, for each candidate, the K x K pair distances. Candidates are the
         given ids, or else the `limit` stored questions nearest by closest pair (the pool every
-        threshold and min_pairs choose from)."""
-        self.engine.refresh()
-        state = self._state()
+        threshold and min_pairs choose from). Runs on the search executor, in turn with searches."""
+        return self.searches.call(lambda state: self._explain(state, text, ids, limit))
+
+    def _explain(self, state: SearchState, text: str, ids: Sequence[int] | None, limit: int) -> Explanation:
         encoder = state.encoder
         encoded = encoder.encode([text], k=encoder.samples_per_question)
         query = encoded.samples[0]
@@ -227,7 +236,6 @@ class DeskService:
     def latent_map(self, color_by: str | None) -> LatentMap:
         """The projected sample, labelled by the metadata key `color_by` (default: the key most
         mapped questions carry; none when they carry none)."""
-        self.engine.refresh()
         state = self._state()
         projection = self._projection_for(state)
         entries = {qid: state.catalog.get(qid) for qid in projection.ids.tolist()}

@@ -56,13 +56,13 @@ def test_unknown_job_is_404(client, admin):
 
 
 def test_reindex_rebuilds_the_same_index(client, admin, stored):
-    engine = client.app.state.runtime.engine
-    before = engine.state.index
+    applier = client.app.state.runtime.applier
+    before = applier.state.index
     response = client.post("/admin/reindex", headers=admin)
     assert response.status_code == 202
     job = wait_for_job(client, admin, response.json()["job_id"])
     assert (job["status"], job["progress"], job["error"]) == ("succeeded", 1.0, None)
-    after = engine.state.index
+    after = applier.state.index
     assert after is not before
     ids = before.ids()
     assert (after.ids() == ids).all() and (after.get_codes(ids) == before.get_codes(ids)).all()
@@ -101,7 +101,7 @@ def test_searches_keep_answering_during_a_reindex_and_writes_made_meanwhile_are_
     for reader in readers:
         reader.join()
     assert job["status"] == "succeeded" and errors == []
-    index = client.app.state.runtime.engine.state.index
+    index = client.app.state.runtime.applier.state.index
     stored_ids = {q["id"] for q in stored}
     assert set(index.ids()) == (stored_ids | set(added)) - set(deleted)
     found = client.post("/questions/similar", json={"question": "changed during the reindex", "threshold": 1e-9}).json()
@@ -124,23 +124,23 @@ def test_a_failed_reindex_leaves_the_old_index_serving(client, admin, stored, ti
     if not broken.exists():
         shutil.copytree(tiny_model_dir, broken)
         (broken / "model.pt").write_bytes(b"not a model")
-    before = client.app.state.runtime.engine.state
+    before = client.app.state.runtime.applier.state
     job = wait_for_job(client, admin, client.post("/admin/reindex", headers=admin, json={"model": "tiny-broken"}).json()["job_id"])
     assert job["status"] == "failed" and "model.pt" in job["error"]
-    assert client.app.state.runtime.engine.state is before
+    assert client.app.state.runtime.applier.state is before
     assert client.post("/questions/similar", json={"question": stored[0]["text"], "threshold": 1e-9}).json()["results"]
 
 
 def test_one_reindex_at_a_time(client, admin, stored, monkeypatch):
-    engine = client.app.state.runtime.engine
+    builder = client.app.state.runtime.builder
     release = threading.Event()
-    real_build = engine.build
+    real_build = builder.build
 
     def build_when_released(*args, **kwargs):
         release.wait(30)
         return real_build(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "build", build_when_released)
+    monkeypatch.setattr(builder, "build", build_when_released)
     first = client.post("/admin/reindex", headers=admin).json()["job_id"]
     assert client.get(f"/admin/jobs/{first}", headers=admin).json()["status"] in ("queued", "running")
     second = client.post("/admin/reindex", headers=admin)

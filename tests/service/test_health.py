@@ -7,7 +7,7 @@ import threading
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.similarity.engine import SimilarityEngine
+from app.similarity.applier import ChangeApplier
 
 
 def test_healthz_and_readyz_when_all_is_well(client, stored, tiny_encoder):
@@ -21,13 +21,13 @@ def test_healthz_and_readyz_when_all_is_well(client, stored, tiny_encoder):
 
 def test_not_ready_while_the_index_loads_but_alive(settings, monkeypatch):
     release = threading.Event()
-    real_start = SimilarityEngine.start
+    real_start = ChangeApplier.load_now
 
     def slow_start(self, *args, **kwargs):
         release.wait(30)
         return real_start(self, *args, **kwargs)
 
-    monkeypatch.setattr(SimilarityEngine, "start", slow_start)
+    monkeypatch.setattr(ChangeApplier, "load_now", slow_start)
     with TestClient(create_app(settings.model_copy(update={"load_wait_seconds": 0.2}))) as client:
         assert client.get("/healthz").status_code == 200
         loading = client.get("/readyz")

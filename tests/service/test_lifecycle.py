@@ -12,7 +12,8 @@ from sqlalchemy import text
 from app.core.db import open_database
 from app.questions.importer import import_questions
 from app.questions.repository import NewQuestion
-from app.similarity.engine import SimilarityEngine
+from app.similarity.applier import ChangeApplier
+from app.similarity.state import StateBuilder
 from tests.service_fixtures import start_client
 
 
@@ -21,7 +22,7 @@ def stop(client) -> None:
 
 
 def indexed_ids(client) -> set[int]:
-    return {int(i) for i in client.app.state.runtime.engine.state.index.ids()}
+    return {int(i) for i in client.app.state.runtime.applier.state.index.ids()}
 
 
 def stored_ids(settings) -> set[int]:
@@ -53,7 +54,7 @@ def test_graceful_shutdown_saves_and_a_restart_reuses_the_index(settings, first_
     def no_rebuild(*args, **kwargs):
         raise AssertionError("the saved index should have been reused, not rebuilt")
 
-    monkeypatch.setattr(SimilarityEngine, "build", no_rebuild)
+    monkeypatch.setattr(StateBuilder, "build", no_rebuild)
     client = start_client(settings)
     try:
         assert indexed_ids(client) == {q["id"] for q in first_run}
@@ -142,13 +143,13 @@ def test_a_search_that_arrives_while_the_index_loads_waits_for_it(settings, firs
 
     from app.main import create_app
 
-    real_load = SimilarityEngine.start
+    real_load = ChangeApplier.load_now
 
     def slow_load(self, *args, **kwargs):
         time.sleep(1.0)
         return real_load(self, *args, **kwargs)
 
-    monkeypatch.setattr(SimilarityEngine, "start", slow_load)
+    monkeypatch.setattr(ChangeApplier, "load_now", slow_load)
     client = TestClient(create_app(settings))
     client.__enter__()
     try:

@@ -16,16 +16,16 @@ def test_a_full_queue_answers_503_with_retry_after_and_recovers(database_url, ti
     settings = make_settings(database_url, tiny_model_dir, tmp_path, queue_max=2, batch_max_size=1)
     client = start_client(settings)
     try:
-        engine = client.app.state.runtime.engine
+        encoder = client.app.state.runtime.applier.state.encoder
         release, busy = threading.Event(), threading.Event()
-        real_search = engine.search
+        real_sample = encoder.sample
 
-        def slow_search(queries):
+        def slow_sample(texts, *args, **kwargs):
             busy.set()
             release.wait(30)
-            return real_search(queries)
+            return real_sample(texts, *args, **kwargs)
 
-        monkeypatch.setattr(engine, "search", slow_search)
+        monkeypatch.setattr(encoder, "sample", slow_sample)
         results: list[int] = []
 
         def ask():
@@ -37,7 +37,7 @@ def test_a_full_queue_answers_503_with_retry_after_and_recovers(database_url, ti
         queued = [threading.Thread(target=ask) for _ in range(2)]
         for thread in queued:
             thread.start()
-        while client.app.state.runtime.batcher.depth < 2:
+        while client.app.state.runtime.searches.depth < 2:
             pass
         refused = client.post("/questions/similar", json={"question": "card"})
         assert refused.status_code == 503

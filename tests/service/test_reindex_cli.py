@@ -10,7 +10,7 @@ from app.core.db import open_database
 from app.questions.importer import import_questions
 from app.questions.repository import NewQuestion
 from app.search import SimilarityIndex
-from app.similarity.engine import SimilarityEngine
+from app.similarity.state import StateBuilder
 from tests.service_fixtures import start_client
 
 
@@ -34,14 +34,14 @@ def test_reindex_writes_an_index_the_service_then_loads_without_rebuilding(env, 
 
     assert main(["reindex"]) == 0
     assert "indexed 40 questions" in capsys.readouterr().out
-    saved = next(p for p in env.index_dir.iterdir() if SimilarityIndex.exists(p))
+    saved = next(p for p in env.index_dir.glob("*/*") if SimilarityIndex.exists(p))
     index = SimilarityIndex.load(saved, expected_model_id=tiny_encoder.model_id)
     assert len(index) == 40 and index.revision == 40
 
     def no_rebuild(*args, **kwargs):
         raise AssertionError("the index written by qsim reindex should have been loaded")
 
-    monkeypatch.setattr(SimilarityEngine, "build", no_rebuild)
+    monkeypatch.setattr(StateBuilder, "build", no_rebuild)
     client = start_client(env)
     try:
         found = client.post("/questions/similar", json={"question": "offline question 7 about my card", "threshold": 1e-9})

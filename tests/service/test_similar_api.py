@@ -56,7 +56,7 @@ def test_batch_answers_each_question_as_the_single_route_does(client, stored):
 
 def test_encode_returns_exactly_the_codes_the_index_holds(client, stored, tiny_encoder):
     body = client.post("/questions/encode", json={"question": stored[4]["text"]}).json()
-    index = client.app.state.runtime.engine.state.index
+    index = client.app.state.runtime.applier.state.index
     held = index.get_codes(np.array([stored[4]["id"]]))[0]
     assert np.array_equal(np.array(body["samples"], dtype=np.float32), held)
     assert len(body["mean"]) == len(body["scale"]) == tiny_encoder.latent_dim

@@ -1,4 +1,4 @@
-"""Filter and refine: candidates with lower bounds in, exact matches out.
+"""Filter and refine (the exact evaluation behind every index kind): candidates with lower bounds in, exact matches out.
 
 The engine pulls candidate questions from a source and evaluates them with the reference formula
 (`reference.pair_distances`, float64 from differences), cheapest bound first. It stops when no

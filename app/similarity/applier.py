@@ -1,0 +1,381 @@
+"""The change applier: the one writer of the live search state.
+
+It owns the live `SearchState` and is the only code that changes it. Its thread loads the index at
+start-up (saved, or built from the database), then tails the database's change log: every
+`applier_poll_ms`, or at once when a write in this process asks, it reads the changes after the
+index's revision and applies them (idempotently: replaying a change is harmless, so the index
+converges to the database whatever order restarts and crashes happen in). The same poll follows
+the active model's generation, so a reindex that switches the model on one worker switches every
+worker; and it saves the index now and then (one saver at a time per directory: storage.py).
+
+A write commits, then calls `wait_visible(revision)`: it returns once this process's index has
+applied that revision and every other live replica reports it has too, so a question is
+searchable on every worker when its call returns. Searches and the readiness probe only read the
+published state and what the last poll learnt: they never touch the database, and never wait on
+another writer's encoding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.admin.repository import ActiveModel, ReplicaProgress, ServiceStateRepository
+from app.core.config import Settings
+from app.core.db import Database
+from app.core.errors import Unavailable
+from app.model.encoder import QuestionEncoder
+from app.questions import repository
+from app.questions.models import CHANGE_DELETE, CHANGE_META, CHANGE_UPSERT
+from app.similarity.catalog import CatalogEntry
+from app.similarity.state import Progress, SearchState, StateBuilder
+
+logger = logging.getLogger(__name__)
+
+# Replica rows nobody refreshed for this long are deleted (a worker killed without a goodbye).
+FORGET_REPLICAS_AFTER_SECONDS = 3600.0
+
+
+class NotReady(Unavailable):
+    """No model or index is loaded yet."""
+
+
+class ChangeApplier:
+    def __init__(
+        self,
+        database: Database,
+        settings: Settings,
+        builder: StateBuilder,
+        service_state: ServiceStateRepository,
+        on_lagging_write: Callable[[], None] | None = None,
+    ):
+        self.db = database
+        self.settings = settings
+        self.builder = builder
+        self.service_state = service_state
+        self.replica_id = uuid.uuid4().hex
+        self.load_error: str | None = None
+        self._on_lagging_write = on_lagging_write or (lambda: None)
+        self._state: SearchState | None = None
+        self._live = threading.Event()
+        self._write_lock = threading.RLock()  # every change of the live state holds it
+        self._save_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._applied = threading.Condition()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._saved_marker: tuple[int, int, str] | None = None  # (revision, questions, model id) on disk
+        self._database_revision = 0  # the latest change the last successful poll saw
+        self._database_error: str | None = None
+        self._last_heartbeat = -math.inf
+        self._reported: tuple[int, int] | None = None
+
+    @classmethod
+    def for_tools(cls, database: Database, settings: Settings) -> tuple[ChangeApplier, ActiveModel]:
+        """An applier for command-line tools that work on the index while no thread tails the log
+        (`qsim reindex`, `qsim cluster`), with the active model."""
+        from app.similarity.model_registry import ModelRegistry
+
+        service_state = ServiceStateRepository(database)
+        applier = cls(database, settings, StateBuilder(database, settings, service_state), service_state)
+        return applier, ModelRegistry(settings, service_state).active()
+
+    # ------------------------------------------------------------------ reading the live state
+
+    @property
+    def state(self) -> SearchState:
+        state = self._state
+        if state is None:
+            raise NotReady(self.load_error or "the search index is still loading")
+        return state
+
+    @property
+    def loaded(self) -> bool:
+        return self._state is not None
+
+    def wait_until_loaded(self, timeout: float | None) -> bool:
+        """Blocks until an index is live (at most `timeout` seconds); True when it is."""
+        return self._live.wait(timeout)
+
+    def status(self) -> dict:
+        """What the probes and metrics report, from memory only."""
+        state = self._state
+        report: dict = {"loaded": state is not None, "database": self._database_error or "ok"}
+        if state is not None:
+            report.update(
+                model=state.encoder.name,
+                model_id=state.encoder.model_id,
+                model_generation=state.generation,
+                questions=len(state.index),
+                revision=state.revision,
+                pending_changes=max(0, self._database_revision - state.revision),
+                device=state.index.device,
+                index_kind=state.index.kind,
+            )
+        return report
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, encoder: QuestionEncoder, active: ActiveModel) -> None:
+        """Starts the applier thread: it loads (or builds) the index for `encoder`, retrying while
+        the database is away, then tails the change log."""
+        self._thread = threading.Thread(target=self._run, args=(encoder, active.generation), name="change-applier",
+                                        daemon=True)
+        self._thread.start()
+
+    def load_now(self, encoder: QuestionEncoder, generation: int = 0) -> SearchState:
+        """Loads the saved index (or builds one) for `encoder`, reconciles it with the database and
+        publishes it; for tools that run without the thread (`qsim cluster`)."""
+        started = time.perf_counter()
+        state = self.builder.load_saved(encoder, generation)
+        if state is None:
+            state = self.builder.build(encoder, generation)
+            catch_up(self.db, state)
+        else:
+            catch_up(self.db, state)
+            reconcile(state)
+            self._saved_marker = (state.revision, len(state.index), state.index.model_id)
+        self._publish(state)
+        logger.info(
+            "ready: model %s (%s), %d questions, revision %d, %.1f s",
+            encoder.name, encoder.model_id, len(state.index), state.revision, time.perf_counter() - started,
+        )
+        return state
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._state is not None:
+            self.save()
+            with contextlib.suppress(SQLAlchemyError):  # it ages out
+                self.service_state.forget_replica(self.replica_id)
+
+    def _run(self, encoder: QuestionEncoder, generation: int) -> None:
+        delay = 0.5
+        while not self._stopping.is_set() and self._state is None:
+            try:
+                self.load_now(encoder, generation)
+                self.load_error = None
+            except SQLAlchemyError as error:  # the database went away during the load: try again
+                self.load_error = f"database unavailable while loading the index: {error.__class__.__name__}"
+            except Exception as error:
+                self.load_error = f"{type(error).__name__}: {error}"
+                logger.exception("loading the index failed; retrying")
+            if self._state is None:
+                logger.warning("%s; retrying in %.1f s", self.load_error, delay)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, 10.0)
+        last_save = time.monotonic()
+        interval = self.settings.index_save_interval_seconds
+        poll = self.settings.applier_poll_ms / 1000.0
+        with contextlib.suppress(SQLAlchemyError):
+            self.service_state.forget_stale_replicas(FORGET_REPLICAS_AFTER_SECONDS)
+        while not self._stopping.is_set():
+            self._wake.wait(poll)
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                self.poll()
+                if interval > 0 and time.monotonic() - last_save >= interval:
+                    last_save = time.monotonic()
+                    self.save()
+            except SQLAlchemyError as error:
+                if self._database_error is None:
+                    logger.warning("database unavailable; serving the index as it is: %s", error.__class__.__name__)
+                self._database_error = f"not answering ({error.__class__.__name__})"
+            except Exception:
+                logger.exception("applying changes failed; retrying")
+                self._stopping.wait(1.0)
+
+    # ------------------------------------------------------------------ applying
+
+    def poll(self) -> None:
+        """One round: follow the active model, apply the changes the index lacks, report progress."""
+        with self._write_lock:
+            state = self.state
+            with self.db.reading() as session:
+                latest = repository.last_change(session)
+            active = self.service_state.active_model(self.settings.model_dir)
+            self._database_revision, self._database_error = latest, None
+            if active.generation != state.generation:
+                state = self._follow(state, active)
+            if latest > state.revision:
+                catch_up(self.db, state)
+                self._notify_applied()
+        self._report(state)
+
+    def _follow(self, state: SearchState, active: ActiveModel) -> SearchState:
+        """Another worker switched the model: serve the same one (its saved index when there is one)."""
+        encoder = self.builder.load_encoder(active.path)
+        if encoder.model_id == state.encoder.model_id:  # the same codes: the index holds as it is
+            followed = SearchState(encoder, state.index, state.catalog, active.generation)
+        else:
+            logger.info("following model generation %d: %s (%s)", active.generation, encoder.name, encoder.model_id)
+            followed = self.builder.load_saved(encoder, active.generation)
+            if followed is None:
+                followed = self.builder.build(encoder, active.generation)
+            catch_up(self.db, followed)
+        self._publish(followed)
+        return followed
+
+    def _report(self, state: SearchState, force: bool = False) -> None:
+        progress = (state.revision, state.generation)
+        now = time.monotonic()
+        if force or progress != self._reported or now - self._last_heartbeat >= self.settings.replica_heartbeat_seconds:
+            self.service_state.record_replica(ReplicaProgress(self.replica_id, *progress, time.time()))
+            self._reported, self._last_heartbeat = progress, now
+
+    def _publish(self, state: SearchState) -> None:
+        self._state = state
+        self._live.set()
+        self._notify_applied()
+
+    def _notify_applied(self) -> None:
+        with self._applied:
+            self._applied.notify_all()
+
+    def wait_visible(self, revision: int, timeout: float | None = None) -> bool:
+        """After a write committed change `revision`: wakes the applier and waits until this
+        process's index has it and every other live replica reports it (at most `timeout`, default
+        QSIM_WRITE_VISIBILITY_TIMEOUT_SECONDS). False when that did not happen in time: the write
+        is stored and will be applied, but may not be searchable everywhere yet."""
+        if self._state is None:
+            return True  # not serving yet: the load replays the log, this change included
+        timeout = self.settings.write_visibility_timeout_seconds if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        with self._applied:
+            while self._state.revision < revision:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stopping.is_set():
+                    return self._lagging(revision, "this worker")
+                self._wake.set()
+                self._applied.wait(min(remaining, 0.05))
+        return self._wait_replicas(lambda replica: replica.revision >= revision, deadline, f"change {revision}")
+
+    def _wait_replicas(self, reached: Callable[[ReplicaProgress], bool], deadline: float, what: str) -> bool:
+        poll = max(self.settings.applier_poll_ms / 2000.0, 0.005)
+        while True:
+            replicas = self.service_state.live_replicas(self.settings.replica_timeout_seconds)
+            behind = [r for r in replicas if r.replica_id != self.replica_id and not reached(r)]
+            if not behind:
+                return True
+            if time.monotonic() >= deadline:
+                return self._lagging(what, f"{len(behind)} other worker(s)")
+            time.sleep(poll)
+
+    def _lagging(self, what, who: str) -> bool:
+        logger.warning("%s has not reached %s in time; it will", who, what)
+        self._on_lagging_write()
+        return False
+
+    # ------------------------------------------------------------------ reindex
+
+    def switch(self, new_state: SearchState, activate: Path | None = None, progress: Progress | None = None) -> SearchState:
+        """Makes a freshly built state live after replaying the changes made while it was built, and
+        saves it. With `activate` (its model directory), records it as the model every worker serves
+        (a new generation) and waits until the other live workers follow."""
+        if activate is not None:
+            self.save_state(new_state)  # before the switch is recorded: followers load it instead of building
+        with self._write_lock:
+            if activate is not None:
+                active = self.service_state.activate_model(activate, self.settings.model_dir)
+                new_state = dataclasses.replace(new_state, generation=active.generation)
+            else:
+                new_state = dataclasses.replace(new_state, generation=self.state.generation)
+            catch_up(self.db, new_state)
+            self._publish(new_state)
+        self._report(new_state, force=True)
+        self.save()
+        if activate is not None:
+            deadline = time.monotonic() + self.settings.model_switch_timeout_seconds
+            generation = new_state.generation
+            self._wait_replicas(lambda replica: replica.generation >= generation, deadline, f"model generation {generation}")
+        return new_state
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self) -> bool:
+        """Saves the live index when it changed since the last save (atomically: a crash during the
+        save leaves the previous copy)."""
+        state = self._state
+        return False if state is None else self.save_state(state)
+
+    def save_state(self, state: SearchState) -> bool:
+        with self._save_lock:
+            marker = (state.revision, len(state.index), state.index.model_id)
+            if self._saved_marker == marker:
+                return False
+            path = self.builder.index_path(state.encoder.model_id)
+            state.index.save(path)  # the index saves one consistent snapshot
+            self._saved_marker = marker
+        logger.info("saved index at change %d (%d questions) to %s", marker[0], marker[1], path)
+        return True
+
+def catch_up(database: Database, state: SearchState, batch_size: int = 5000) -> int:
+    """Applies to `state` the changes logged after its revision, in pages; returns how many
+    changes were read. Every change is idempotent, so replaying one twice is harmless."""
+    read = 0
+    while True:
+        with database.reading() as session:
+            changes = repository.changes_after(session, state.revision, batch_size)
+            if not changes:
+                return read
+            last_op: dict[int, str] = {}
+            for change in changes:
+                if change.op == CHANGE_META and last_op.get(change.question_id) == CHANGE_UPSERT:
+                    continue  # the pending re-encode covers it
+                last_op[change.question_id] = change.op
+            touched = [qid for qid, op in last_op.items() if op != CHANGE_DELETE]
+            summaries = repository.summaries(session, touched)
+        _apply(state, last_op, summaries, revision=changes[-1].seq)
+        read += len(changes)
+        if len(changes) < batch_size:
+            return read
+
+
+def _apply(state: SearchState, last_op: dict[int, str], summaries: dict[int, tuple], revision: int) -> None:
+    # A row gone by now was deleted by a change we will also replay: remove it already.
+    removed = [qid for qid, op in last_op.items() if op == CHANGE_DELETE or qid not in summaries]
+    encode = [qid for qid, op in last_op.items() if qid in summaries and (op == CHANGE_UPSERT or qid not in state.index)]
+    state.catalog.update((qid, CatalogEntry(*summary)) for qid, summary in summaries.items())
+    codes = state.encoder.sample([summaries[qid][0] for qid in encode]) if encode else None
+    state.index.apply(
+        upsert_ids=np.asarray(encode, dtype=np.int64) if encode else None,
+        upsert_codes=codes,
+        remove_ids=np.asarray(removed, dtype=np.int64) if removed else None,
+        revision=revision,
+    )
+    for qid in removed:
+        state.catalog.pop(qid, None)
+
+
+def reconcile(state: SearchState) -> tuple[int, int]:
+    """Safety net after a restart: ids the catalog (the database) has and the index lacks are
+    added, ids the database no longer has are removed. Returns (added, removed)."""
+    in_database = np.fromiter(state.catalog.keys(), dtype=np.int64, count=len(state.catalog))
+    in_index = state.index.ids()
+    missing = np.setdiff1d(in_database, in_index)
+    extra = np.setdiff1d(in_index, in_database)
+    if len(missing) or len(extra):
+        logger.warning("reconciling index with database: %d missing, %d extra", len(missing), len(extra))
+        codes = state.encoder.sample([state.catalog[int(q)][0] for q in missing]) if len(missing) else None
+        state.index.apply(
+            upsert_ids=missing if len(missing) else None,
+            upsert_codes=codes,
+            remove_ids=extra if len(extra) else None,
+        )
+    return len(missing), len(extra)

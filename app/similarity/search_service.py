@@ -1,0 +1,302 @@
+"""The search service: every encode and search runs here, through one bounded executor.
+
+Single questions, batches and `/questions/encode` all go through the same micro-batcher (one
+worker thread, a bounded queue counted in questions, a timeout), so none of them can bypass the
+bounds and concurrent requests share one encoder pass and one index search. A search reads the
+live state the change applier publishes and nothing else: no database, no lock, no waiting on
+writers.
+
+The rule: a stored question matches when at least `min_pairs` of the K x K pairs of codes (query
+sample, stored sample) are within `threshold`. A filter becomes the set of ids that pass (the
+catalog evaluates it), which the index searches exactly.
+
+A question the model cannot read (its tokenizer knows less than `min_coverage` of its visible
+characters: another script, emoji) would get codes that say little about its meaning; its answer
+keeps only the stored questions with the same normalised text (identical codes) and says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app.core.errors import InvalidRequest
+from app.model.encoder import Encoded, QuestionEncoder
+from app.model.text import EmptyTextError, normalize
+from app.search.reference import Match
+from app.similarity.batcher import MicroBatcher
+from app.similarity.catalog import InvalidFilter
+from app.similarity.state import SearchState
+
+LOW_COVERAGE = "low_coverage"
+# Identical codes are at distance 0 (l2: exactly; cosine: within rounding of 1 - cos).
+IDENTICAL_CODES_DISTANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    text: str
+    limit: int
+    threshold: float | None = None  # None: the model's calibrated default
+    min_pairs: int | None = None
+    filter: tuple[tuple[str, Any], ...] | None = None  # metadata key = value, all must hold
+
+    @staticmethod
+    def where(mapping: dict[str, Any] | None) -> tuple[tuple[str, Any], ...] | None:
+        """A filter mapping as the hashable form SearchQuery holds (None: no filter)."""
+        return None if mapping is None else tuple(sorted(mapping.items()))
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: int
+    text: str
+    external_id: str | None
+    distance: float
+    pairs_within: int
+    answer: str | None = None
+    meta: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    name: str
+    id: str
+    metric: str
+    samples: int
+
+    @classmethod
+    def of(cls, encoder: QuestionEncoder) -> ModelSummary:
+        return cls(encoder.name, encoder.model_id, encoder.metric, encoder.samples_per_question)
+
+
+@dataclass(frozen=True)
+class SearchAnswer:
+    threshold: float
+    min_pairs: int
+    model: ModelSummary
+    hits: list[Hit]
+    coverage: float = 1.0  # share of the question's visible characters the tokenizer knows
+    reason: str | None = None  # why the answer is restricted (LOW_COVERAGE), None when it is not
+    reason_detail: str | None = None
+
+
+class InvalidQuery(InvalidRequest):
+    """A query the current model cannot answer as asked (e.g. min_pairs above K x K); `field`
+    names the request field at fault."""
+
+    def __init__(self, message: str, field: str):
+        super().__init__(message, field=field)
+
+
+def search(state: SearchState, queries: Sequence[SearchQuery], min_coverage: float) -> list[SearchAnswer | InvalidQuery]:
+    """Answers several queries on `state` with one encoder pass and one index search per distinct
+    (threshold, min_pairs, limit, filter). A query the model cannot answer as asked gets an
+    InvalidQuery in its place; the others are answered."""
+    encoder = state.encoder
+    answers: list[SearchAnswer | InvalidQuery | None] = [None] * len(queries)
+    groups: dict[tuple, list[int]] = {}
+    for position, query in enumerate(queries):
+        try:
+            key = _resolve(encoder, query)
+        except InvalidQuery as error:
+            answers[position] = error
+            continue
+        groups.setdefault(key, []).append(position)
+    valid = [p for positions in groups.values() for p in positions]
+    unique_texts = list(dict.fromkeys(queries[p].text for p in valid))
+    model = ModelSummary.of(encoder)
+    codes = encoder.sample(unique_texts) if unique_texts else None
+    coverage = dict(zip(unique_texts, encoder.coverage(unique_texts), strict=True)) if unique_texts else {}
+    row_of = {text: row for row, text in enumerate(unique_texts)}
+    for (threshold, min_pairs, limit, where), positions in groups.items():
+        allowed = None
+        if where is not None:
+            try:
+                allowed = state.catalog.allowed(dict(where))
+                if len(allowed) == len(state.catalog):
+                    allowed = None  # every question passes (the catalog holds every indexed id)
+            except InvalidFilter as error:
+                for p in positions:
+                    answers[p] = InvalidQuery(str(error), field="filter")
+                continue
+        readable = [p for p in positions if coverage[queries[p].text] >= min_coverage]
+        unreadable = [p for p in positions if coverage[queries[p].text] < min_coverage]
+        if readable:
+            rows = [row_of[queries[p].text] for p in readable]
+            found = state.index.search(codes[rows], threshold=threshold, min_pairs=min_pairs, limit=limit, allowed=allowed)
+            for position, matches in zip(readable, found, strict=True):
+                answers[position] = SearchAnswer(
+                    threshold, min_pairs, model, _hits(state, matches), coverage[queries[position].text]
+                )
+        for position in unreadable:
+            text = queries[position].text
+            matches = _identical(state, text, codes[[row_of[text]]], threshold, limit, allowed)
+            share = coverage[text]
+            answers[position] = SearchAnswer(
+                threshold, min_pairs, model, _hits(state, matches), share, LOW_COVERAGE,
+                f"the model knows {share:.0%} of this question's characters (below QSIM_MIN_COVERAGE "
+                f"{min_coverage:.0%}: another script or symbols it was not trained on), so its codes say little "
+                "about its meaning; only stored questions with the same text are returned",
+            )
+    return answers
+
+
+def _identical(
+    state: SearchState, text: str, codes: np.ndarray, threshold: float, limit: int, allowed: np.ndarray | None
+) -> list[Match]:
+    """The stored questions with the same normalised text as `text` (hence identical codes), with
+    their distance and pairs within `threshold` computed as for any match."""
+    samples = codes.shape[1]
+    # Identical codes put the K diagonal pairs at distance 0: find those, confirm by text.
+    near = state.index.search(
+        codes, threshold=IDENTICAL_CODES_DISTANCE, min_pairs=samples, limit=4 * limit + 16, allowed=allowed
+    )[0]
+    wanted = normalize(text)
+    same = []
+    for match in near:
+        entry = state.catalog.get(match.id)
+        try:
+            if entry is not None and normalize(entry.text) == wanted:
+                same.append(match.id)
+        except EmptyTextError:
+            continue
+    if not same:
+        return []
+    # min_pairs 0: every one of them is returned, with its pairs counted at the threshold.
+    return state.index.search(codes, threshold=threshold, min_pairs=0, limit=limit, allowed=np.asarray(same))[0]
+
+
+def _resolve(encoder: QuestionEncoder, query: SearchQuery) -> tuple:
+    threshold = encoder.default_threshold if query.threshold is None else query.threshold
+    min_pairs = encoder.default_min_pairs if query.min_pairs is None else query.min_pairs
+    pairs = encoder.samples_per_question**2
+    if not 1 <= min_pairs <= pairs:
+        raise InvalidQuery(
+            f"min_pairs must be between 1 and {pairs} ({encoder.samples_per_question} query codes "
+            f"x {encoder.samples_per_question} stored codes)",
+            field="min_pairs",
+        )
+    return threshold, min_pairs, query.limit, query.filter
+
+
+def _hits(state: SearchState, matches: list[Match]) -> list[Hit]:
+    hits = []
+    for match in matches:
+        entry = state.catalog.get(match.id)
+        if entry is not None:  # deleted while we searched
+            hits.append(Hit(match.id, entry.text, entry.external_id, match.distance, match.pairs_within, entry.answer,
+                            entry.meta))
+    return hits
+
+
+@dataclass(frozen=True)
+class _Search:
+    queries: tuple[SearchQuery, ...]
+
+
+@dataclass(frozen=True)
+class _Call:
+    work: Callable[[SearchState], Any]
+
+
+class SearchService:
+    """Owns all encode and search work: one bounded executor for single questions, batches and
+    encodes. `live_state()` gives the state to work on (the change applier's)."""
+
+    def __init__(
+        self,
+        live_state: Callable[[], SearchState],
+        wait_until_loaded: Callable[[float], bool],
+        *,
+        min_coverage: float,
+        max_batch: int,
+        max_wait_seconds: float,
+        max_queue: int,
+        timeout_seconds: float,
+        load_wait_seconds: float,
+        on_batch: Callable[[int], None] | None = None,
+    ):
+        self._live_state = live_state
+        self._wait_until_loaded = wait_until_loaded
+        self.min_coverage = min_coverage
+        self.timeout = timeout_seconds
+        self.load_wait = load_wait_seconds
+        self.executor: MicroBatcher = MicroBatcher(
+            self._process, max_batch=max_batch, max_wait_seconds=max_wait_seconds, max_queue=max_queue,
+            name="search-executor", on_batch=on_batch,
+        )
+
+    @property
+    def depth(self) -> int:
+        return self.executor.depth
+
+    def stop(self) -> None:
+        self.executor.stop()
+
+    def _process(self, work: Sequence[_Search | _Call]) -> list:
+        state = self._live_state()  # NotReady reaches every caller of this batch
+        searches = [item for item in work if isinstance(item, _Search)]
+        flat = [query for item in searches for query in item.queries]
+        found = iter(search(state, flat, self.min_coverage)) if flat else iter(())
+        results = []
+        for item in work:
+            if isinstance(item, _Search):
+                results.append([next(found) for _ in item.queries])
+            else:
+                try:
+                    results.append(item.work(state))
+                except Exception as error:  # this caller's alone
+                    results.append(error)
+        return results
+
+    @staticmethod
+    def _raise_invalid(answers: list) -> list[SearchAnswer]:
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise answer
+        return answers
+
+    async def _loaded_async(self) -> None:
+        if not self._wait_until_loaded(0):
+            await asyncio.to_thread(self._wait_until_loaded, self.load_wait)
+
+    async def similar_async(self, query: SearchQuery) -> SearchAnswer:
+        """One question, micro-batched with whatever else is being asked right now; awaited on the
+        event loop (no thread held while the batch runs)."""
+        await self._loaded_async()
+        answers = await self.executor.submit_async(_Search((query,)), timeout=self.timeout)
+        return self._raise_invalid(answers)[0]
+
+    async def similar_many_async(self, queries: Sequence[SearchQuery]) -> list[SearchAnswer]:
+        """Many questions: one item of the queue, weighing as many questions as it holds."""
+        await self._loaded_async()
+        answers = await self.executor.submit_async(_Search(tuple(queries)), timeout=self.timeout, weight=len(queries))
+        return self._raise_invalid(answers)
+
+    def similar_many(self, queries: Sequence[SearchQuery]) -> list[SearchAnswer]:
+        self._wait_until_loaded(self.load_wait)
+        answers = self.executor.submit(_Search(tuple(queries)), timeout=self.timeout, weight=len(queries))
+        return self._raise_invalid(answers)
+
+    async def encode_async(self, text: str) -> tuple[ModelSummary, Encoded]:
+        await self._loaded_async()
+        return await self.executor.submit_async(_Call(lambda state: _encode(state, text)), timeout=self.timeout)
+
+    def encode(self, text: str) -> tuple[ModelSummary, Encoded]:
+        return self.call(lambda state: _encode(state, text))
+
+    def call(self, work: Callable[[SearchState], Any], weight: int = 1) -> Any:
+        """Runs `work(live state)` on the executor, in turn with searches (the desk page's
+        explanations): bounded and timed like them."""
+        self._wait_until_loaded(self.load_wait)
+        return self.executor.submit(_Call(work), timeout=self.timeout, weight=weight)
+
+
+def _encode(state: SearchState, text: str) -> tuple[ModelSummary, Encoded]:
+    encoder = state.encoder
+    return ModelSummary.of(encoder), encoder.encode([text], k=encoder.samples_per_question)
