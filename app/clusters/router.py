@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request, status
 
 from app.api.deps import require_admin
 from app.api.errors import error_responses
+from app.api.limits import limited
 from app.api.routing import Utf8BodyRoute
 from app.clusters.schemas import ClusterAccepted, ClusterRequest, ClusterResultOut
 from app.clusters.service import ClusterService
@@ -27,13 +28,14 @@ async def get_clusters(request: Request) -> ClusterService:
 
 
 ClustersDep = Annotated[ClusterService, Depends(get_clusters)]
+ClusterBody = limited(ClusterRequest, optional=True)  # held to QSIM_MAX_FILTER_KEYS of the app's settings
 
 
 @router.post(
     "/clusters", response_model=ClusterAccepted, status_code=status.HTTP_202_ACCEPTED,
     summary="Cluster the stored questions into duplicates", responses=error_responses(409),
 )
-def start_clusters(clusters: ClustersDep, body: ClusterRequest | None = None) -> ClusterAccepted:
+def start_clusters(clusters: ClustersDep, body: ClusterBody) -> ClusterAccepted:
     """Leader clustering of the similarity graph of the live index: questions in order of most
     matches first; each one not yet clustered leads a cluster of its matches not yet clustered,
     so every member matches its representative. Poll GET /admin/jobs/{job_id}, then read

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, Field
 
 from app.questions.schemas import MetadataFilter, StrictModel
+
+if TYPE_CHECKING:
+    from app.api.limits import LimitCheck, Loc
 
 
 class ClusterRequest(StrictModel):
@@ -13,6 +18,9 @@ class ClusterRequest(StrictModel):
     )
     min_pairs: int | None = Field(None, ge=1, description="pairs within t for two questions to be joined; null: the model's default")
     filter: MetadataFilter = None
+
+    def apply_limits(self, check: LimitCheck, loc: Loc = ()) -> None:
+        check.filter((*loc, "filter"), self.filter)
 
 
 class ClusterAccepted(BaseModel):

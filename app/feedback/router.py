@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from app.api.deps import require_admin
 from app.api.errors import error_responses
+from app.api.limits import limited
 from app.api.routing import Utf8BodyRoute
 from app.feedback.schemas import MAX_ID, FeedbackCreate, FeedbackOut, FeedbackPage
 from app.feedback.service import FeedbackService
@@ -27,13 +28,14 @@ async def get_feedback(request: Request) -> FeedbackService:
 
 
 FeedbackDep = Annotated[FeedbackService, Depends(get_feedback)]
+FeedbackBody = limited(FeedbackCreate)  # held to QSIM_MAX_QUESTION_CHARS of the app's settings
 
 
 @router.post(
     "/feedback", response_model=FeedbackOut, status_code=status.HTTP_201_CREATED, summary="An agent's verdict on a match",
     responses=error_responses(404),
 )
-def create_feedback(body: FeedbackCreate, feedback: FeedbackDep, response: Response) -> FeedbackOut:
+def create_feedback(body: FeedbackBody, feedback: FeedbackDep, response: Response) -> FeedbackOut:
     """Records whether the customer's `question` and the stored question `question_id` mean the same.
     The verdicts feed `qsim feedback export` and `qsim calibrate --feedback`."""
     item = feedback.record(body.question, body.question_id, body.duplicate, body.source)

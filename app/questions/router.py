@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 
 from app.api.deps import QuestionsDep
 from app.api.errors import error_responses
+from app.api.limits import limited
 from app.api.routing import Utf8BodyRoute
 from app.questions.repository import NewQuestion
 from app.questions.schemas import (
@@ -29,11 +30,20 @@ from app.questions.schemas import (
     SimilarRequest,
     SimilarResponse,
 )
-from app.similarity.engine import Hit, ModelSummary, SearchQuery
+from app.similarity.search_service import Hit, ModelSummary, SearchQuery
 
 router = APIRouter(
     prefix="/questions", tags=["questions"], route_class=Utf8BodyRoute, responses=error_responses(413, 422, 503)
 )
+
+# Bodies held to the limits of the app's settings (QSIM_MAX_QUESTION_CHARS, ...) once validated.
+SimilarBody = limited(SimilarRequest)
+SimilarBatchBody = limited(SimilarBatchRequest)
+EncodeBody = limited(EncodeRequest)
+CreateBody = limited(QuestionCreate)
+BulkBody = limited(QuestionBulkCreate)
+PutBody = limited(QuestionPut)
+UpdateBody = limited(QuestionUpdate)
 
 MAX_ID = 2**63 - 1
 QuestionId = Annotated[int, Path(ge=1, le=MAX_ID, description="qsim's id of the question")]
@@ -73,7 +83,7 @@ def _new(item: QuestionCreate) -> NewQuestion:
 
 
 @router.post("/similar", response_model=SimilarResponse, summary="Questions that mean the same")
-async def similar(body: SimilarRequest, questions: QuestionsDep) -> SimilarResponse:
+async def similar(body: SimilarBody, questions: QuestionsDep) -> SimilarResponse:
     """Stored questions with at least `min_pairs` of the K x K pairs of latent codes within
     `threshold`, closest first; with `filter`, among the questions whose metadata matches it."""
     answer = await questions.similar_async(_query(body.question, body))
@@ -90,7 +100,7 @@ async def similar(body: SimilarRequest, questions: QuestionsDep) -> SimilarRespo
 
 
 @router.post("/similar/batch", response_model=SimilarBatchResponse, summary="Similar questions for many")
-def similar_batch(body: SimilarBatchRequest, questions: QuestionsDep) -> SimilarBatchResponse:
+def similar_batch(body: SimilarBatchBody, questions: QuestionsDep) -> SimilarBatchResponse:
     answers = questions.similar_many([_query(text, body) for text in body.questions])
     return SimilarBatchResponse(
         threshold=answers[0].threshold,
@@ -106,7 +116,7 @@ def similar_batch(body: SimilarBatchRequest, questions: QuestionsDep) -> Similar
 
 
 @router.post("/encode", response_model=EncodeResponse, summary="The latent codes of a question")
-def encode(body: EncodeRequest, questions: QuestionsDep) -> EncodeResponse:
+def encode(body: EncodeBody, questions: QuestionsDep) -> EncodeResponse:
     """Exactly the codes the index holds for this text (sampling is deterministic per question)."""
     model, encoded = questions.encode(body.question)
     return EncodeResponse(
@@ -122,7 +132,7 @@ def encode(body: EncodeRequest, questions: QuestionsDep) -> EncodeResponse:
     "", response_model=QuestionOut, status_code=status.HTTP_201_CREATED, summary="Store a question",
     responses=error_responses(409),
 )
-def create(body: QuestionCreate, questions: QuestionsDep, response: Response) -> QuestionOut:
+def create(body: CreateBody, questions: QuestionsDep, response: Response) -> QuestionOut:
     """Stores and indexes one question; it is searchable when this call returns."""
     question = questions.create(_new(body))
     response.headers["Location"] = f"/questions/{question.id}"
@@ -133,7 +143,7 @@ def create(body: QuestionCreate, questions: QuestionsDep, response: Response) ->
     "/bulk", response_model=BulkResult, status_code=status.HTTP_201_CREATED, summary="Store many questions",
     responses=error_responses(409),
 )
-def create_bulk(body: QuestionBulkCreate, questions: QuestionsDep) -> BulkResult:
+def create_bulk(body: BulkBody, questions: QuestionsDep) -> BulkResult:
     """All or nothing, in one transaction; `on_conflict` says what an existing external_id does."""
     outcome = questions.create_many([_new(item) for item in body.questions], body.on_conflict)
     return BulkResult(
@@ -171,7 +181,7 @@ def get_by_external_id(external_id: ExternalIdPath, questions: QuestionsDep) -> 
     responses={201: {"description": "created", "model": QuestionOut}, **error_responses(422)},
 )
 def put_by_external_id(
-    external_id: ExternalIdPath, body: QuestionPut, questions: QuestionsDep, response: Response
+    external_id: ExternalIdPath, body: PutBody, questions: QuestionsDep, response: Response
 ) -> QuestionOut:
     """Idempotent upsert: 201 when the question is new, 200 when it was updated or already equal.
     Replaying the same body returns the same id, creates nothing and logs no change. Fields left
@@ -192,7 +202,7 @@ def get_question(question_id: QuestionId, questions: QuestionsDep) -> QuestionOu
 @router.patch(
     "/{question_id:int}", response_model=QuestionOut, summary="Change a stored question", responses=error_responses(404, 409)
 )
-def update_question(question_id: QuestionId, body: QuestionUpdate, questions: QuestionsDep) -> QuestionOut:
+def update_question(question_id: QuestionId, body: UpdateBody, questions: QuestionsDep) -> QuestionOut:
     """Only the fields sent change; a new text is re-encoded before this call returns."""
     fields = body.model_dump(exclude_unset=True)
     if "metadata" in fields:

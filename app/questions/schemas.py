@@ -1,9 +1,11 @@
 """Request and response bodies of the questions API.
 
-Limits come from the settings at startup (QSIM_MAX_QUESTION_CHARS, QSIM_MAX_LIMIT, ...) so they are
-part of the OpenAPI schema. Unknown fields are rejected. Strings must be storable as they are: no
-NUL characters and no lone surrogates (PostgreSQL refuses both), which a 422 names instead of a
-database error.
+The limits that are settings (QSIM_MAX_QUESTION_CHARS, QSIM_MAX_LIMIT, ...) are those of the app
+that answers, not of the process: each request schema names the fields they bound in
+`apply_limits`, and the routes apply them with the app's settings (app/api/limits.py), refusing with
+the 422 pydantic would give; the documentation names each setting and its default. Unknown fields
+are rejected. Strings must be storable as they are: no NUL characters and no lone surrogates
+(PostgreSQL refuses both), which a 422 names instead of a database error.
 """
 
 from __future__ import annotations
@@ -11,21 +13,23 @@ from __future__ import annotations
 import json
 import math
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from app.core.config import get_settings
+from app.core.config import Settings
 from app.model.text import normalize
 
-_settings = get_settings()
-MAX_QUESTION_CHARS = _settings.max_question_chars
-MAX_LIMIT = _settings.max_limit
-MAX_BATCH = _settings.max_batch_questions
-MAX_BULK = _settings.max_bulk_questions
-MAX_FILTER_KEYS = _settings.max_filter_keys
+if TYPE_CHECKING:
+    from app.api.limits import LimitCheck, Loc
+
 MAX_ANSWER_CHARS = 20_000
 MAX_METADATA_BYTES = 16_384
+
+
+def documented_limit(name: str) -> str:
+    """How the documentation names a limit: the variable and its default (the served value may differ)."""
+    return f"QSIM_{name.upper()} (default {Settings.model_fields[name].default})"
 
 
 def _storable(value: str) -> str:
@@ -46,7 +50,10 @@ def _question(value: str) -> str:
 
 QuestionText = Annotated[
     str,
-    Field(min_length=1, max_length=MAX_QUESTION_CHARS, description="the question as the customer asked it"),
+    Field(
+        min_length=1,
+        description=f"the question as the customer asked it; at most {documented_limit('max_question_chars')} characters",
+    ),
     AfterValidator(_question),
 ]
 ExternalId = Annotated[
@@ -88,8 +95,6 @@ Metadata = Annotated[dict[str, Any] | None, AfterValidator(_check_metadata)]
 def _check_filter(value: dict[str, Any] | None) -> dict[str, Any] | None:
     if value is None:
         return value
-    if len(value) > MAX_FILTER_KEYS:
-        raise ValueError(f"a filter may name at most {MAX_FILTER_KEYS} metadata keys, got {len(value)}")
     for key, item in value.items():
         _storable(key)
         if isinstance(item, str):
@@ -106,7 +111,8 @@ MetadataFilter = Annotated[
     dict[str, Any] | None,
     Field(
         description="keep only stored questions whose metadata has each of these top-level keys with an equal "
-        "value (strings, numbers, booleans); the answer is the rule evaluated over exactly those questions",
+        "value (strings, numbers, booleans); the answer is the rule evaluated over exactly those questions; "
+        f"at most {documented_limit('max_filter_keys')} keys",
         examples=[{"tenant": "acme", "category": "cards"}],
     ),
     AfterValidator(_check_filter),
@@ -124,7 +130,7 @@ class StrictModel(BaseModel):
 
 
 class SearchOptions(StrictModel):
-    limit: int = Field(10, ge=1, le=MAX_LIMIT, description="at most this many results")
+    limit: int = Field(10, ge=1, description=f"at most this many results; at most {documented_limit('max_limit')}")
     threshold: float | None = Field(
         None, ge=0, allow_inf_nan=False, description="pair distance threshold t; null: the model's calibrated default"
     )
@@ -133,13 +139,29 @@ class SearchOptions(StrictModel):
     )
     filter: MetadataFilter = None
 
+    def apply_limits(self, check: LimitCheck, loc: Loc = ()) -> None:
+        check.result_limit(loc, self)
+        check.filter((*loc, "filter"), self.filter)
+
 
 class SimilarRequest(SearchOptions):
     question: QuestionText
 
+    def apply_limits(self, check: LimitCheck, loc: Loc = ()) -> None:
+        super().apply_limits(check, loc)
+        check.question((*loc, "question"), self.question)
+
 
 class SimilarBatchRequest(SearchOptions):
-    questions: list[QuestionText] = Field(min_length=1, max_length=MAX_BATCH)
+    questions: list[QuestionText] = Field(
+        min_length=1, description=f"at most {documented_limit('max_batch_questions')} questions"
+    )
+
+    def apply_limits(self, check: LimitCheck, loc: Loc = ()) -> None:
+        super().apply_limits(check, loc)
+        if check.items((*loc, "questions"), self.questions, check.limits.batch_questions):
+            for i, question in enumerate(self.questions):
+                check.question((*loc, "questions", i), question)
 
 
 class ModelInfo(BaseModel):
@@ -197,6 +219,9 @@ class SimilarBatchResponse(BaseModel):
 class EncodeRequest(StrictModel):
     question: QuestionText
 
+    def apply_limits(self, check: LimitCheck, loc: Loc = ()) -> None:
+        check.question((*loc, "question"), self.question)
+
 
 class EncodeResponse(BaseModel):
     question: str
@@ -215,9 +240,14 @@ class QuestionCreate(StrictModel):
     answer: AnswerText | None = None
     metadata: Metadata = None
 
+    def apply_limits(self, check: LimitCheck, loc: Loc = ()) -> None:
+        check.question((*loc, "text"), self.text)
+
 
 class QuestionBulkCreate(StrictModel):
-    questions: list[QuestionCreate] = Field(min_length=1, max_length=MAX_BULK)
+    questions: list[QuestionCreate] = Field(
+        min_length=1, description=f"at most {documented_limit('max_bulk_questions')} questions"
+    )
     on_conflict: Literal["error", "skip", "update"] = Field(
         "error",
         description="when an external_id exists already: fail the whole call (error), keep the stored "
@@ -235,6 +265,11 @@ class QuestionBulkCreate(StrictModel):
                 seen.add(question.external_id)
         return questions
 
+    def apply_limits(self, check: LimitCheck, loc: Loc = ()) -> None:
+        if check.items((*loc, "questions"), self.questions, check.limits.bulk_questions):
+            for i, question in enumerate(self.questions):
+                question.apply_limits(check, (*loc, "questions", i))
+
 
 class QuestionPut(StrictModel):
     """The whole question under an external id: fields left out are stored as null."""
@@ -242,6 +277,9 @@ class QuestionPut(StrictModel):
     text: QuestionText
     answer: AnswerText | None = None
     metadata: Metadata = None
+
+    def apply_limits(self, check: LimitCheck, loc: Loc = ()) -> None:
+        check.question((*loc, "text"), self.text)
 
 
 class QuestionUpdate(StrictModel):
@@ -258,6 +296,9 @@ class QuestionUpdate(StrictModel):
         if value is None:
             raise ValueError("text cannot be null")
         return value
+
+    def apply_limits(self, check: LimitCheck, loc: Loc = ()) -> None:
+        check.question((*loc, "text"), self.text)
 
 
 class QuestionOut(BaseModel):

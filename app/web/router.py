@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 
 from app.api.errors import error_responses
+from app.api.limits import limited
 from app.api.routing import Utf8BodyRoute
 from app.core.errors import NotFoundError
 from app.web.schemas import (
@@ -55,12 +56,16 @@ def get_desk(request: Request) -> DeskService:
             desk = getattr(state, "desk", None)
             if desk is None:
                 runtime, settings = state.runtime, state.settings
-                desk = DeskService(runtime.engine, settings.map_max_points, settings.load_wait_seconds)
+                desk = DeskService(
+                    runtime.searches, lambda: runtime.applier.state, runtime.applier.wait_until_loaded,
+                    settings.map_max_points, settings.load_wait_seconds,
+                )
                 state.desk = desk
     return desk
 
 
 DeskDep = Annotated[DeskService, Depends(get_desk)]
+ExplainBody = limited(ExplainRequest)  # held to QSIM_MAX_QUESTION_CHARS and QSIM_MAX_LIMIT of the app's settings
 
 
 def _rule(rule: RuleValue) -> Rule:
@@ -87,7 +92,7 @@ def asset(name: str) -> FileResponse:
     "/questions/explain", response_model=ExplainResponse, tags=["desk page"],
     summary="Why questions match: the K x K pair distances", responses=error_responses(413, 422, 503),
 )
-def explain(body: ExplainRequest, desk: DeskDep) -> ExplainResponse:
+def explain(body: ExplainBody, desk: DeskDep) -> ExplainResponse:
     """The query's K codes and, for the given stored questions (or the `limit` nearest by closest
     pair), every one of the K x K pair distances: a question matches at threshold t when at least
     `min_pairs` of them are <= t. The page applies any t and min_pairs to these without asking again."""

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from app.core.config import get_settings
-from app.questions.schemas import QuestionText, StrictModel
+from app.questions.schemas import QuestionText, StrictModel, documented_limit
 
-MAX_LIMIT = get_settings().max_limit
+if TYPE_CHECKING:
+    from app.api.limits import LimitCheck, Loc
+
 MAX_ID = 2**63 - 1
 QuestionId = Annotated[int, Field(ge=1, le=MAX_ID)]
 
@@ -29,10 +30,17 @@ class ExplainRequest(StrictModel):
     ids: list[QuestionId] | None = Field(
         None,
         min_length=1,
-        max_length=MAX_LIMIT,
-        description="stored questions to explain; null: the `limit` nearest by closest pair",
+        description=f"stored questions to explain, at most {documented_limit('max_limit')} of them; null: the `limit` "
+        "nearest by closest pair",
     )
-    limit: int = Field(25, ge=1, le=MAX_LIMIT, description="how many nearest questions when ids is null")
+    limit: int = Field(
+        25, ge=1, description=f"how many nearest questions when ids is null; at most {documented_limit('max_limit')}"
+    )
+
+    def apply_limits(self, check: LimitCheck, loc: Loc = ()) -> None:
+        check.question((*loc, "question"), self.question)
+        check.items((*loc, "ids"), self.ids, check.limits.limit)
+        check.result_limit(loc, self)
 
 
 class ExplainedQuestion(BaseModel):

@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from app.questions.schemas import MAX_QUESTION_CHARS
+from app.core.config import Settings
+
+MAX_QUESTION_CHARS = Settings().max_question_chars  # the test app's (make_settings keeps the default)
 
 
 @pytest.mark.parametrize(
