@@ -3,7 +3,9 @@ has one handler that reads the status, the message and the extra fields from the
 it imports no domain's exceptions and a new error needs no new handler.
 
 `field` names the request field at fault (a 422 says where); `extra()` adds documented fields to the
-JSON body (a 409 names the existing question); `headers()` adds response headers (Retry-After).
+JSON body (a 409 names the existing question); `headers()` adds response headers (Retry-After);
+`counter` names the metric (an attribute of app.core.metrics.Metrics) each answer with this error
+increments.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 class QsimError(Exception):
     status_code: int = 400
+    counter: str | None = None
 
     def __init__(self, message: str, *, field: str | None = None):
         super().__init__(message)

@@ -6,13 +6,15 @@ import hmac
 
 from pydantic import SecretStr
 
-
-class AdminDisabled(PermissionError):
-    """No admin token is configured, so the admin API is off."""
+from app.core.errors import Forbidden, Unauthorized
 
 
-class AdminUnauthorized(PermissionError):
-    """Missing or wrong bearer token."""
+class AdminDisabled(Forbidden):
+    """No admin token is configured, so the admin API is off (403)."""
+
+
+class AdminUnauthorized(Unauthorized):
+    """Missing or wrong bearer token (401, asking for a bearer token)."""
 
 
 def check_admin(authorization: str | None, configured: SecretStr | None) -> None:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from app.core.errors import InvalidRequest
+
 _WHITESPACE = re.compile(r"\s+")
 
 
-class EmptyTextError(ValueError):
-    """Raised for empty questions: whitespace only, or only invisible format characters."""
+class EmptyTextError(InvalidRequest):
+    """Raised for empty questions: whitespace only, or only invisible format characters. A
+    ValueError (inside a schema's validator pydantic makes it a 422 naming the field); reaching HTTP
+    on its own, a 422 about the body."""
 
 
 def _is_invisible(char: str) -> bool:
