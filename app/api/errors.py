@@ -1,5 +1,9 @@
 """Every failure becomes a JSON error with a message that says what is wrong; never a stack
-trace, never SQL. Database trouble is 503 with Retry-After (the client may retry), not 500."""
+trace, never SQL. Database trouble is 503 with Retry-After (the client may retry), not 500.
+
+Domain errors are answered by one handler: each is a QsimError (app/core/errors.py) carrying its own
+status, message, field, extra body fields, headers and metric, so this module imports no domain
+package and a new error needs no new handler here."""
 
 from __future__ import annotations
 
@@ -16,14 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from app.admin.service import JobConflict
-from app.clusters.service import ClustersNotReady
-from app.core.errors import NotFoundError
-from app.core.security import AdminDisabled, AdminUnauthorized
-from app.model.text import EmptyTextError
-from app.questions.service import ExternalIdConflict
-from app.similarity.batcher import Overloaded
-from app.similarity.engine import InvalidQuery, NotReady
+from app.core.errors import InvalidRequest, QsimError, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -106,8 +103,8 @@ def allowed_methods(request: Request) -> list[str]:
 def install_error_handlers(app: FastAPI, retry_after_seconds: int) -> None:
     retry = {"Retry-After": str(retry_after_seconds)}
 
-    def invalid(errors: list[dict]) -> JSONResponse:
-        return error(422, validation_message(errors), errors=jsonable_encoder(errors))
+    def invalid(errors: list[dict], headers: dict | None = None, **extra) -> JSONResponse:
+        return error(422, validation_message(errors), headers=headers, errors=jsonable_encoder(errors), **extra)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -136,49 +133,16 @@ def install_error_handlers(app: FastAPI, retry_after_seconds: int) -> None:
         logger.info("client disconnected before its request body arrived: %s %s", request.method, request.url.path)
         return Response(status_code=499)
 
-    @app.exception_handler(NotFoundError)
-    async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
-        return error(404, str(exc))
-
-    @app.exception_handler(ExternalIdConflict)
-    async def _conflict(_: Request, exc: ExternalIdConflict) -> JSONResponse:
-        extra = {"question_ids": exc.question_ids} if exc.question_ids else {}
-        if len(exc.question_ids) == 1:
-            extra["id"] = exc.question_ids[0]
-        return error(409, str(exc), external_ids=exc.external_ids, **extra)
-
-    @app.exception_handler(ClustersNotReady)
-    async def _clusters_not_ready(_: Request, exc: ClustersNotReady) -> JSONResponse:
-        return error(409, str(exc), job_id=exc.job_id)
-
-    @app.exception_handler(JobConflict)
-    async def _job_conflict(_: Request, exc: JobConflict) -> JSONResponse:
-        return error(409, str(exc), job_id=exc.job_id)
-
-    @app.exception_handler(InvalidQuery)
-    async def _invalid(_: Request, exc: InvalidQuery) -> JSONResponse:
-        return invalid([{"loc": ["body", exc.field], "msg": str(exc), "type": "value_error"}])
-
-    @app.exception_handler(EmptyTextError)
-    async def _empty(_: Request, exc: EmptyTextError) -> JSONResponse:
-        return invalid([{"loc": ["body"], "msg": str(exc), "type": "value_error"}])
-
-    @app.exception_handler(AdminDisabled)
-    async def _admin_disabled(_: Request, exc: AdminDisabled) -> JSONResponse:
-        return error(403, str(exc))
-
-    @app.exception_handler(AdminUnauthorized)
-    async def _unauthorized(_: Request, exc: AdminUnauthorized) -> JSONResponse:
-        return error(401, str(exc), headers={"WWW-Authenticate": "Bearer"})
-
-    @app.exception_handler(Overloaded)
-    async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
-        request.app.state.metrics.overloaded.inc()
-        return error(503, f"too busy, retry shortly ({exc})", headers=retry)
-
-    @app.exception_handler(NotReady)
-    async def _not_ready(_: Request, exc: NotReady) -> JSONResponse:
-        return error(503, str(exc), headers=retry)
+    @app.exception_handler(QsimError)
+    async def _domain(request: Request, exc: QsimError) -> JSONResponse:
+        """Every domain error, answered from what it carries."""
+        if exc.counter is not None:
+            getattr(request.app.state.metrics, exc.counter).inc()
+        headers = {**retry, **exc.headers()} if isinstance(exc, Unavailable) else exc.headers()
+        if isinstance(exc, InvalidRequest):  # shaped as every other 422: where in the request, and why
+            where = ["body", exc.field] if exc.field else ["body"]
+            return invalid([{"loc": where, "msg": str(exc), "type": "value_error"}], headers or None, **exc.extra())
+        return error(exc.status_code, str(exc), headers=headers or None, **exc.extra())
 
     @app.exception_handler(SQLAlchemyError)
     async def _database(_: Request, exc: SQLAlchemyError) -> JSONResponse:
