@@ -86,6 +86,19 @@ def tiny_model_dir(tiny_corpus_file, tiny_settings, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def other_tiny_model_dir(tiny_model_dir, tiny_corpus_file, tiny_settings) -> Path:
+    """A second tiny model beside the first (another seed, so another model id and other codes),
+    for switching models."""
+    from app.model.data import read_corpus
+    from app.model.train import Trainer
+
+    out = tiny_model_dir.parent / "tiny-other"
+    corpus = read_corpus(tiny_corpus_file, "text", "category")
+    Trainer(corpus, out, tiny_settings, seed=8, progress=False, log=lambda _: None).run()
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_encoder(tiny_model_dir):
     from app.model.encoder import QuestionEncoder
 

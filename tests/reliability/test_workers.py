@@ -5,6 +5,7 @@ any worker count the requests of all of them."""
 from __future__ import annotations
 
 import re
+import time
 
 import httpx
 
@@ -39,5 +40,41 @@ def test_two_workers_answer_as_one_service(tiny_model_dir, tmp_path):
         assert len(pids) == 2, "both workers should report their index"
         posted = re.findall(r'qsim_http_requests_total\{method="POST",route="/questions",status="201"\} (\S+)', metrics)
         assert posted and all(float(value) == 30.0 for value in posted), posted
+    finally:
+        service.stop()
+
+
+def searches_from_every_worker(client: httpx.Client, text: str, count: int = 40) -> list[dict]:
+    return [client.post("/questions/similar", json={"question": text, "threshold": 1e-9}).json() for _ in range(count)]
+
+
+def test_a_model_switch_reaches_every_worker(tiny_model_dir, other_tiny_model_dir, tiny_encoder, tmp_path):
+    """The reindex runs on one worker; when its job says succeeded, every worker answers with the
+    new model (its id, and its codes: a stored question is its own exact match everywhere)."""
+    env = service_env(tmp_path, tiny_model_dir, workers="2", metrics_dir=str(tmp_path / "metrics"))
+    service = ServiceProcess(env, tmp_path / "service.log").start()
+    try:
+        with fresh_connection(service) as client:
+            texts = [f"question {i} about switching a card limit" for i in range(20)]
+            ids = [client.post("/questions", json={"text": text}).json()["id"] for text in texts]
+            before = searches_from_every_worker(client, texts[3])
+            assert {answer["model"]["id"] for answer in before} == {tiny_encoder.model_id}
+            job = client.post("/admin/reindex", headers=service.admin, json={"model": other_tiny_model_dir.name})
+            assert job.status_code == 202, job.text
+            deadline = time.monotonic() + 120
+            while (status := client.get(f"/admin/jobs/{job.json()['job_id']}", headers=service.admin).json())["status"] in (
+                "queued", "running"
+            ):
+                assert time.monotonic() < deadline, status
+                time.sleep(0.2)
+            assert status["status"] == "succeeded", status
+            after = searches_from_every_worker(client, texts[3])
+            served = {(answer["model"]["name"], answer["model"]["id"]) for answer in after}
+            assert served == {("tiny-other", after[0]["model"]["id"])} and after[0]["model"]["id"] != tiny_encoder.model_id
+            assert all([r["id"] for r in answer["results"]] == [ids[3]] for answer in after)
+            # Writes after the switch are encoded by the new model on every worker.
+            added = client.post("/questions", json={"text": "a question stored after the switch"}).json()["id"]
+            found = searches_from_every_worker(client, "a question stored after the switch", count=20)
+            assert all([r["id"] for r in answer["results"]] == [added] for answer in found)
     finally:
         service.stop()
