@@ -33,9 +33,12 @@ Result = TypeVar("Result")
 
 
 class Overloaded(Unavailable):
-    """The queue is full; try again shortly."""
+    """The queue is full (or the answer did not come in time); try again shortly."""
 
     counter = "overloaded"
+
+    def __init__(self, reason: str):
+        super().__init__(f"too busy, retry shortly ({reason})")
 
 
 class MicroBatcher(Generic[Item, Result]):

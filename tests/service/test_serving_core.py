@@ -98,7 +98,7 @@ def test_batches_and_encodes_obey_the_queue_bound_of_single_searches(database_ur
                            ("/questions/similar/batch", {"questions": ["card f"]}),
                            ("/questions/similar", {"question": "card g"})]:
             refused = client.post(path, json=body)
-            assert refused.status_code == 503 and "already queued" in refused.json()["detail"], path
+            assert refused.status_code == 503 and "too busy" in refused.json()["detail"], path
         release.set()
         for thread in (running, queued, encoding):
             thread.join(30)
