@@ -232,7 +232,7 @@ class MilvusIndex:
         token: str | None = None,
         exists_ok: bool = False,
         topk_cap: int = MILVUS_TOPK_CAP,
-        first_limit: int = 256,
+        first_limit: int | None = None,
         vectors_per_request: int | None = None,
         subset_max_questions: int = 2048,
         expr_max_ids: int = 16384,
@@ -252,15 +252,24 @@ class MilvusIndex:
         self.topk_cap = _positive_int("topk_cap", topk_cap)
         if self.topk_cap <= self.samples_per_item:
             raise ValueError(f"topk_cap must exceed samples_per_item ({self.samples_per_item}), got {topk_cap}")
-        self.first_limit = min(_positive_int("first_limit", first_limit), self.topk_cap)
+        self.uri = str(uri) if uri is not None else None
+        self.lite = self.uri is not None and self.uri.endswith(".db")
+        # A first range search asks for this many hits per vector (more are asked for when it comes
+        # back full). milvus-lite materialises 5x the limit in Python, so it starts small; a server's
+        # range search costs about the same at any limit, so it starts at the cap. A ranking starts
+        # at max(first, limit * K) hits.
+        if first_limit is None:
+            self.first_limit = 256 if self.lite else self.topk_cap
+            self._rank_first = 64
+        else:
+            self.first_limit = self._rank_first = min(_positive_int("first_limit", first_limit), self.topk_cap)
+        self.first_limit = min(self.first_limit, self.topk_cap)
         self.subset_max_questions = _non_negative_int("subset_max_questions", subset_max_questions)
         self.expr_max_ids = _non_negative_int("expr_max_ids", expr_max_ids)
         self.fetch_batch = _positive_int("fetch_batch", fetch_batch)
         self.write_batch = _positive_int("write_batch", write_batch)
-        self.uri = str(uri) if uri is not None else None
         self._owns_client = client is None
         self._client = client if client is not None else connect(self.uri, token)
-        self.lite = self.uri is not None and self.uri.endswith(".db")
         self.device = "milvus-lite" if self.lite else "milvus"
         if vectors_per_request is None:
             # milvus-lite computes L2 from differences in one (vectors x rows x dim) array per request.
@@ -860,7 +869,7 @@ class MilvusIndex:
         norms = self._norms(query)
         samples = [j for j in range(len(query)) if not (self.metric == "cosine" and norms[j] == 0)]
         zero_sample = len(samples) < len(query)  # at exactly distance 1 from every stored code
-        limit = min(max(self.first_limit, rule.limit * k), self.topk_cap)
+        limit = min(max(self._rank_first, rule.limit * k), self.topk_cap)
         state: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}  # sample -> pks, engine distances, limit asked
         found: dict[int, np.ndarray] = {}
         todo = samples
