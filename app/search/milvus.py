@@ -272,8 +272,9 @@ class MilvusIndex:
         self._client = client if client is not None else connect(self.uri, token)
         self.device = "milvus-lite" if self.lite else "milvus"
         if vectors_per_request is None:
-            # milvus-lite computes L2 from differences in one (vectors x rows x dim) array per request.
-            vectors_per_request = 8 if (self.lite and metric == "l2") else 256
+            # milvus-lite computes L2 from differences in one (vectors x rows x dim) array per request;
+            # a server's answer to vectors x the cap (16 x 16384 hits) stays far below gRPC's 64 MB.
+            vectors_per_request = (8 if metric == "l2" else 256) if self.lite else 16
         self.vectors_per_request = _positive_int("vectors_per_request", vectors_per_request)
         self._engine_dim = max(self.dim, 2)
         self._metric_type = METRIC_TYPES[metric]
@@ -631,6 +632,8 @@ class MilvusIndex:
         """qids -> {qid: (K, D) float32} for the questions with all K rows stored (and passing `expr`)."""
         k = self.samples_per_item
         qids = np.unique(np.asarray(qids, dtype=np.int64))
+        # Ids whose keys id*K+s would overflow int64 cannot be stored (and must not wrap onto others).
+        qids = qids[(qids >= INT64_MIN // k) & (qids <= (INT64_MAX - k + 1) // k)]
         per_request = max(1, self.fetch_batch // k)
         out: dict[int, np.ndarray] = {}
         offsets = np.arange(k, dtype=np.int64)
