@@ -376,3 +376,13 @@ def test_searches_through_the_alias_never_fail_while_it_is_switched(pool):
     assert pinned.name == second.name
     first.drop()
     assert live.search(query, threshold=1.5, limit=10) == [answers[second.name]]
+
+
+def test_an_allowed_id_whose_key_would_overflow_matches_nothing(pool):
+    """With K = 4, question 2**62 would have keys 2**64 + s, which wrap onto question 0's keys."""
+    index = pool.fresh("overflow", 2, 4)
+    index.add(np.array([0]), np.ones((1, 4, 2), dtype=np.float32))
+    query = np.ones((1, 1, 2), dtype=np.float32)
+    assert index.search(query, threshold=1.0, allowed=[2**62]) == [[]]
+    assert index.search(query, threshold=1.0, allowed=[0, 2**62]) == [[Match(0, 0.0, 4)]]
+    assert 2**62 not in index
