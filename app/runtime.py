@@ -67,6 +67,7 @@ class Runtime:
         torch.set_num_threads(self.settings.torch_threads)
         threadpool_limits(self.settings.torch_threads, user_api="blas")
         check_schema(self.db.engine)
+        self.builder.check_backend()
         active = self.models.active()
         encoder = self.builder.load_encoder(active.path)
         self.jobs.fail_orphans()
@@ -83,6 +84,7 @@ class Runtime:
             self.applier.stop()
         except Exception:
             logger.exception("saving the index at shutdown failed; it will be rebuilt or caught up at the next start")
+        self.builder.close()
         self.db.dispose()
 
     def reindex(self, model_dir=None, progress=None):
@@ -126,5 +128,11 @@ class Runtime:
             self.metrics.index_pending_changes.set(status["pending_changes"])
             self.metrics.model_info.clear()
             self.metrics.model_info.labels(status["model"], status["model_id"]).set(1)
+        self.metrics.index_backend.clear()
+        self.metrics.index_backend.labels(self.settings.index_backend).set(1)
+        counters = getattr(self.applier.state.index, "counters", None) if status["loaded"] else None
+        if counters is not None:
+            for name, value in counters.as_dict().items():
+                self.metrics.milvus_events.labels(name).set(value)
         self.metrics.search_queue_depth.set(self.searches.depth)
         return self.metrics.exposition()

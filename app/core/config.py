@@ -41,6 +41,16 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where the FAISS index (and encoder) run; auto = GPU when FAISS sees one"
     )
+    index_backend: Literal["faiss", "milvus"] = Field(
+        "faiss",
+        description="where the codes live: faiss (in each worker's memory, saved under index_dir) or milvus "
+        "(a Milvus collection behind an alias: embedded milvus-lite for a .db path, or a server; extra qsim[milvus])",
+    )
+    milvus_uri: str | None = Field(
+        None, description="with index_backend=milvus: a .db file path (embedded milvus-lite) or http://host:19530"
+    )
+    milvus_token: SecretStr | None = Field(None, description="Milvus credentials (user:password or an API key)")
+    milvus_timeout_seconds: float = Field(10.0, gt=0, description="how long start-up waits for Milvus to answer")
     index_kind: Literal["exact", "ivf", "hnsw", "sq8"] = Field(
         "exact", description="exact (default) answers the rule exactly; the others are approximate on purpose"
     )
@@ -141,6 +151,14 @@ class Settings(BaseSettings):
         if url.startswith("postgres://"):
             return "postgresql+psycopg://" + url[len("postgres://") :]
         return url
+
+    @model_validator(mode="after")
+    def _milvus_needs_a_uri(self) -> Settings:
+        if self.index_backend == "milvus" and not self.milvus_uri:
+            raise ValueError("QSIM_INDEX_BACKEND=milvus needs QSIM_MILVUS_URI (a .db path for milvus-lite, or http://host:19530)")
+        if self.index_backend == "milvus" and self.index_kind != "exact":
+            raise ValueError("QSIM_INDEX_BACKEND=milvus serves the exact rule only (QSIM_INDEX_KIND=exact)")
+        return self
 
     @model_validator(mode="after")
     def _production_needs_token(self) -> Settings:

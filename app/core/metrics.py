@@ -40,6 +40,14 @@ class Metrics:
             "qsim_lagging_writes", "writes that returned before every live worker's index had applied them "
             "(QSIM_WRITE_VISIBILITY_TIMEOUT_SECONDS)", registry=r,
         )
+        self.index_backend = Gauge(
+            "qsim_index_backend", "where the codes live (QSIM_INDEX_BACKEND)", ["backend"], registry=r, **per_worker
+        )
+        self.milvus_events = Gauge(
+            "qsim_milvus_events", "Milvus backend events since start: searches, engine_searches, truncated (an "
+            "answer at the requested limit, asked again), split_requests (paging past the top-k cap), scans (exact "
+            "fallback), subset_reads, fetched_questions", ["event"], registry=r, **per_worker,
+        )
         self.model_info = Gauge(
             "qsim_model_info", "the model serving searches", ["name", "model_id"], registry=r, **per_worker
         )

@@ -33,6 +33,9 @@ class Readiness(BaseModel):
     revision: int | None = None
     device: str | None = None
     index_kind: str | None = None
+    index_backend: str = Field(description="faiss or milvus (QSIM_INDEX_BACKEND)")
+    model_generation: int | None = Field(None, description="model switches so far; every worker follows the latest")
+    pending_changes: int | None = Field(None, description="changes the last poll saw that the index has not applied yet")
 
 
 NOT_READY = {503: {"description": "not ready, with reasons", "model": Readiness}}

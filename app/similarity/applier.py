@@ -110,7 +110,9 @@ class ChangeApplier:
     def status(self) -> dict:
         """What the probes and metrics report, from memory only."""
         state = self._state
-        report: dict = {"loaded": state is not None, "database": self._database_error or "ok"}
+        report: dict = {
+            "loaded": state is not None, "database": self._database_error or "ok", "index_backend": self.builder.backend,
+        }
         if state is not None:
             report.update(
                 model=state.encoder.name,
@@ -141,6 +143,7 @@ class ChangeApplier:
         if state is None:
             state = self.builder.build(encoder, generation)
             catch_up(self.db, state)
+            self.builder.publish(state)
         else:
             catch_up(self.db, state)
             reconcile(state)
@@ -220,10 +223,12 @@ class ChangeApplier:
     def _follow(self, state: SearchState, active: ActiveModel) -> SearchState:
         """Another worker switched the model: serve the same one (its saved index when there is one)."""
         encoder = self.builder.load_encoder(active.path)
-        if encoder.model_id == state.encoder.model_id:  # the same codes: the index holds as it is
+        if encoder.model_id == state.encoder.model_id and self.builder.backend == "faiss":
+            # The same codes: this worker's own index holds as it is.
             followed = SearchState(encoder, state.index, state.catalog, active.generation)
         else:
             logger.info("following model generation %d: %s (%s)", active.generation, encoder.name, encoder.model_id)
+            # FAISS: the switcher saved its index first; Milvus: the collection the alias now names.
             followed = self.builder.load_saved(encoder, active.generation)
             if followed is None:
                 followed = self.builder.build(encoder, active.generation)
@@ -288,9 +293,16 @@ class ChangeApplier:
         """Makes a freshly built state live after replaying the changes made while it was built, and
         saves it. With `activate` (its model directory), records it as the model every worker serves
         (a new generation) and waits until the other live workers follow."""
+        if self.builder.backend == "milvus" and activate is None:
+            # Every replica reads the collection the alias names: a rebuild is a new generation
+            # they all follow, even with the same model.
+            activate = Path(self.service_state.active_model(self.settings.model_dir).path)
         if activate is not None:
             self.save_state(new_state)  # before the switch is recorded: followers load it instead of building
+        previous = None
         with self._write_lock:
+            catch_up(self.db, new_state)
+            previous = self.builder.publish(new_state)
             if activate is not None:
                 active = self.service_state.activate_model(activate, self.settings.model_dir)
                 new_state = dataclasses.replace(new_state, generation=active.generation)
@@ -303,7 +315,11 @@ class ChangeApplier:
         if activate is not None:
             deadline = time.monotonic() + self.settings.model_switch_timeout_seconds
             generation = new_state.generation
-            self._wait_replicas(lambda replica: replica.generation >= generation, deadline, f"model generation {generation}")
+            followed = self._wait_replicas(
+                lambda replica: replica.generation >= generation, deadline, f"model generation {generation}"
+            )
+            if previous is not None and followed:
+                self.builder.drop_collection(previous)  # nobody reads the previous build any more
         return new_state
 
     # ------------------------------------------------------------------ persistence
@@ -319,8 +335,7 @@ class ChangeApplier:
             marker = (state.revision, len(state.index), state.index.model_id)
             if self._saved_marker == marker:
                 return False
-            path = self.builder.index_path(state.encoder.model_id)
-            state.index.save(path)  # the index saves one consistent snapshot
+            path = self.builder.save(state)  # one consistent snapshot
             self._saved_marker = marker
         logger.info("saved index at change %d (%d questions) to %s", marker[0], marker[1], path)
         return True

@@ -55,21 +55,73 @@ def encoder_device(setting: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+class IndexBackendUnavailable(RuntimeError):
+    """QSIM_INDEX_BACKEND names a backend that cannot serve: Milvus unreachable, or its client missing."""
+
+
 class StateBuilder:
-    """Makes search states from the database; never touches the live one."""
+    """Makes search states from the database; never touches the live one. Owns where indexes are
+    kept: FAISS indexes are saved in one directory per model under QSIM_INDEX_DIR; Milvus indexes are
+    collections behind one alias per database (the collection the alias names is the live one)."""
 
     def __init__(self, database: Database, settings: Settings, service_state: ServiceStateRepository):
         self.db = database
         self.settings = settings
         self.service_state = service_state
+        self._milvus = None
+
+    @property
+    def backend(self) -> str:
+        return self.settings.index_backend
 
     def load_encoder(self, model_dir: Path) -> QuestionEncoder:
         return QuestionEncoder.load(model_dir, device=encoder_device(self.settings.device))
 
     def index_path(self, model_id: str) -> Path:
-        """Where the index of this database under this model is saved: one directory per model, so
-        workers still serving the previous model never save over the new model's index."""
+        """Where the FAISS index of this database under this model is saved: one directory per model,
+        so workers still serving the previous model never save over the new model's index."""
         return Path(self.settings.index_dir) / self.service_state.database_id() / model_id
+
+    # ------------------------------------------------------------------ Milvus
+
+    @property
+    def milvus_alias(self) -> str:
+        return f"qsim_{self.service_state.database_id()}"
+
+    def milvus_client(self):
+        """One Milvus client per process, connected at first use; IndexBackendUnavailable naming the
+        URI when Milvus does not answer."""
+        if self._milvus is None:
+            try:
+                from app.search.milvus import connect
+            except ImportError as error:
+                raise IndexBackendUnavailable(
+                    f"QSIM_INDEX_BACKEND=milvus needs pymilvus and milvus-lite: pip install 'qsim[milvus]' ({error})"
+                ) from None
+            token = self.settings.milvus_token.get_secret_value() if self.settings.milvus_token else None
+            if str(self.settings.milvus_uri).endswith(".db"):
+                Path(self.settings.milvus_uri).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                client = connect(self.settings.milvus_uri, token, timeout=self.settings.milvus_timeout_seconds)
+                client.list_collections()
+            except Exception as error:
+                raise IndexBackendUnavailable(
+                    f"QSIM_INDEX_BACKEND=milvus: Milvus at {self.settings.milvus_uri} does not answer: {error}"
+                ) from None
+            self._milvus = client
+        return self._milvus
+
+    def check_backend(self) -> None:
+        """At start-up: the configured backend can serve (a clear error now, never a silent fallback)."""
+        if self.backend == "milvus":
+            self.milvus_client()
+
+    def close(self) -> None:
+        if self._milvus is not None:
+            self._milvus.close()
+            self._milvus = None
+
+    # ------------------------------------------------------------------ indexes
 
     @property
     def _index_options(self) -> dict:
@@ -81,7 +133,16 @@ class StateBuilder:
             "ef_search": self.settings.index_ef_search,
         }
 
-    def new_index(self, encoder: QuestionEncoder) -> SimilarityIndex:
+    def new_index(self, encoder: QuestionEncoder):
+        """An empty index for `encoder`: in memory (FAISS), or a new Milvus collection (the alias
+        points at it only if there was none: `publish` switches it)."""
+        if self.backend == "milvus":
+            from app.search.milvus import create_for_alias
+
+            return create_for_alias(
+                None, self.milvus_alias, encoder.latent_dim, encoder.samples_per_question, encoder.metric,
+                encoder.model_id, client=self.milvus_client(),
+            )
         return SimilarityIndex(
             dim=encoder.latent_dim,
             samples_per_item=encoder.samples_per_question,
@@ -92,25 +153,42 @@ class StateBuilder:
             **self._index_options,
         )
 
-    def load_saved(self, encoder: QuestionEncoder, generation: int = 0) -> SearchState | None:
-        """The saved index for `encoder` with a fresh catalog, or None when there is none usable (the
-        caller builds one). It may lag the database: the applier catches it up."""
+    def _open_saved(self, encoder: QuestionEncoder):
+        if self.backend == "milvus":
+            from app.search.milvus import MilvusIndex
+
+            client = self.milvus_client()
+            if not MilvusIndex.exists(None, self.milvus_alias, client=client):
+                return None
+            return MilvusIndex.load(
+                None, self.milvus_alias, expected_model_id=encoder.model_id, expected_dim=encoder.latent_dim,
+                expected_samples=encoder.samples_per_question, expected_metric=encoder.metric,
+                resolve_alias=True, client=client,
+            )
         path = self.index_path(encoder.model_id)
         if not SimilarityIndex.exists(path):
             return None
+        return SimilarityIndex.load(
+            path,
+            expected_model_id=encoder.model_id,
+            expected_dim=encoder.latent_dim,
+            expected_samples=encoder.samples_per_question,
+            expected_metric=encoder.metric,
+            expected_kind=self.settings.index_kind,
+            device=self.settings.device,
+            **self._index_options,
+        )
+
+    def load_saved(self, encoder: QuestionEncoder, generation: int = 0) -> SearchState | None:
+        """The saved index for `encoder` (FAISS: its directory; Milvus: the collection the alias
+        names) with a fresh catalog, or None when there is none usable (the caller builds one). It
+        may lag the database: the applier catches it up."""
         try:
-            index = SimilarityIndex.load(
-                path,
-                expected_model_id=encoder.model_id,
-                expected_dim=encoder.latent_dim,
-                expected_samples=encoder.samples_per_question,
-                expected_metric=encoder.metric,
-                expected_kind=self.settings.index_kind,
-                device=self.settings.device,
-                **self._index_options,
-            )
+            index = self._open_saved(encoder)
         except IndexFileError as error:
             logger.warning("not using the saved index: %s; rebuilding from the database", error)
+            return None
+        if index is None:
             return None
         with self.db.reading() as session:
             latest = repository.last_change(session)
@@ -121,6 +199,27 @@ class StateBuilder:
             )
             return None
         return SearchState(encoder, index, self.load_catalog(), generation)
+
+    def save(self, state: SearchState) -> str:
+        """Makes `state`'s index durable (FAISS: a snapshot in its directory; Milvus: a flush)."""
+        if self.backend == "milvus":
+            return state.index.save()
+        path = self.index_path(state.encoder.model_id)
+        state.index.save(path)
+        return str(path)
+
+    def publish(self, state: SearchState) -> str | None:
+        """Milvus: points the alias at `state`'s collection (replicas opening the index from now on get
+        it); returns the collection it named before, for the caller to drop once nobody reads it."""
+        if self.backend != "milvus":
+            return None
+        from app.search.milvus import switch_alias
+
+        previous = switch_alias(self.milvus_client(), self.milvus_alias, state.index.name)
+        return previous if previous != state.index.name else None
+
+    def drop_collection(self, name: str) -> None:
+        self.milvus_client().drop_collection(name)
 
     def load_catalog(self) -> Catalog:
         catalog = Catalog()

@@ -65,20 +65,36 @@ def check_after_restart(service: ServiceProcess, acknowledged: list[int], attemp
 
 
 def assert_saved_index_loads(index_dir) -> None:
-    for database_dir in index_dir.iterdir() if index_dir.exists() else []:
-        if SimilarityIndex.exists(database_dir):
-            try:
-                SimilarityIndex.load(database_dir)
-            except IndexFileError as error:
-                raise AssertionError(f"torn index after kill -9: {error}") from None
+    """Every saved index (<index dir>/<database id>/<model id>) loads."""
+    saved = [path for path in index_dir.glob("*/*") if SimilarityIndex.exists(path)] if index_dir.exists() else []
+    for path in saved:
+        try:
+            SimilarityIndex.load(path)
+        except IndexFileError as error:
+            raise AssertionError(f"torn index after kill -9: {error}") from None
 
 
-@pytest.mark.parametrize("operation", ["bulk import", "reindex", "index save"])
+def milvus_or_skip() -> None:
+    pytest.importorskip("pymilvus", reason="the Milvus backend's tests need the milvus extra (pip install 'qsim[milvus]')")
+    pytest.importorskip("milvus_lite", reason="the Milvus backend's tests need milvus-lite (pip install 'qsim[milvus]')")
+
+
+@pytest.mark.parametrize(
+    ("operation", "backend"),
+    [("bulk import", "faiss"), ("reindex", "faiss"), ("index save", "faiss"), ("bulk import", "milvus"), ("reindex", "milvus")],
+)
 @pytest.mark.parametrize("trial", range(TRIALS_PER_OPERATION))
-def test_kill_9_loses_nothing_acknowledged_and_tears_nothing(operation, trial, tiny_model_dir, tmp_path):
+def test_kill_9_loses_nothing_acknowledged_and_tears_nothing(operation, backend, trial, tiny_model_dir, tmp_path):
     rng = random.Random(f"{operation}/{trial}")
+    backend_settings = {}
+    if backend == "milvus":
+        milvus_or_skip()
+        backend_settings = {"index_backend": "milvus", "milvus_uri": str(tmp_path / "milvus" / "qsim.db")}
     # Saves as often as possible in the "index save" trials, so a kill lands in the middle of one.
-    env = service_env(tmp_path, tiny_model_dir, index_save_interval_seconds="0.01" if operation == "index save" else "0")
+    env = service_env(
+        tmp_path, tiny_model_dir, index_save_interval_seconds="0.01" if operation == "index save" else "0",
+        **backend_settings,
+    )
     service = ServiceProcess(env, tmp_path / "service.log").start()
     acknowledged: list[int] = []
     attempted: list[int] = []
