@@ -305,6 +305,7 @@ class MilvusIndex:
         schema.add_field("question_id", DataType.INT64)
         schema.add_field("sample", DataType.INT16)
         schema.add_field("code", DataType.FLOAT_VECTOR, dim=self._engine_dim)
+        schema.add_field("exponent", DataType.INT16)
         schema.add_field("meta", DataType.JSON)
         properties = {
             PROPERTY + "format": FORMAT,
@@ -557,9 +558,10 @@ class MilvusIndex:
                 rows = []
                 for offset, qid in enumerate(upserts[start : start + per_batch].tolist()):
                     meta = metadata[start + offset] if metadata is not None else {}
-                    block = self._engine_vectors(codes[start + offset])
+                    block, exponents = self._stored_form(codes[start + offset])
                     rows.extend(
-                        {"pk": qid * k + s, "question_id": qid, "sample": s, "code": block[s], "meta": meta}
+                        {"pk": qid * k + s, "question_id": qid, "sample": s, "code": block[s],
+                         "exponent": exponents[s], "meta": meta}
                         for s in range(k)
                     )
                 self._client.upsert(self._target, rows)
@@ -601,6 +603,31 @@ class MilvusIndex:
         k = self.samples_per_item
         return qid * k >= INT64_MIN and qid * k + k - 1 <= INT64_MAX
 
+    def _stored_form(self, codes: np.ndarray) -> tuple[list[list[float]], list[int]]:
+        """(K, D) float32 codes -> the vectors Milvus stores and their exponents e (code = vector * 2^-e).
+        Cosine ignores scale, so a small cosine code is stored scaled up by a power of two (exact in
+        float32: no bit is lost scaling up) to a largest component in [1, 2): the engine's float32
+        normalisation would otherwise underflow (a code of 1e-45s counts as a zero vector there, not
+        in the float64 reference). Read back, vector * 2^-e is the original code, bit for bit."""
+        exponents = np.zeros(len(codes), dtype=np.int32)
+        if self.metric == "cosine":
+            largest = np.abs(codes).max(axis=1).astype(np.float64)
+            positive = largest > 0
+            exponents[positive] = np.maximum(0, -np.floor(np.log2(largest[positive]))).astype(np.int32)
+            codes = np.ldexp(codes, exponents[:, None]).astype(np.float32)
+        return self._engine_vectors(codes), exponents.tolist()
+
+    def _engine_queries(self, vectors) -> list[list[float]]:
+        """Query samples for Milvus. Cosine ignores scale, so they go normalised (in float64, then
+        rounded: the error bound allows for it): a tiny query whose float32 norm would underflow in
+        the engine is not mistaken for a zero vector."""
+        array = np.asarray(vectors, dtype=np.float32)
+        if self.metric == "cosine":
+            wide = array.astype(np.float64)
+            norms = np.linalg.norm(wide, axis=1, keepdims=True)
+            array = np.divide(wide, norms, out=np.zeros_like(wide), where=norms > 0).astype(np.float32)
+        return self._engine_vectors(array)
+
     def _engine_vectors(self, codes: np.ndarray) -> list[list[float]]:
         """(m, D) float32 -> rows for Milvus (padded to dim 2 when dim is 1)."""
         if self._engine_dim != self.dim:
@@ -641,10 +668,10 @@ class MilvusIndex:
             chunk = qids[start : start + per_request]
             if expr:
                 rows = self._client.query(
-                    self._target, filter=f"({_in_expr(chunk)}) and ({expr})", output_fields=["pk", "question_id", "code"]
+                    self._target, filter=f"({_in_expr(chunk)}) and ({expr})", output_fields=["pk", "question_id", "code", "exponent"]
                 )
             else:
-                rows = self._client.get(self._target, ids=(chunk[:, None] * k + offsets).ravel().tolist(), output_fields=["pk", "question_id", "code"])
+                rows = self._client.get(self._target, ids=(chunk[:, None] * k + offsets).ravel().tolist(), output_fields=["pk", "question_id", "code", "exponent"])
             out.update(self._assemble(rows))
         self.counters.add(fetched_questions=len(out))
         return out
@@ -654,19 +681,22 @@ class MilvusIndex:
         grouped: dict[int, dict[int, Any]] = defaultdict(dict)
         for row in rows:
             qid = int(row["question_id"])
-            grouped[qid][int(row["pk"]) - qid * k] = row["code"]
+            grouped[qid][int(row["pk"]) - qid * k] = (row["code"], int(row.get("exponent") or 0))
         out = {}
         for qid, samples in grouped.items():
             if len(samples) != k:
                 continue  # a question mid-write or mid-delete: not (or no longer) stored whole
-            block = np.asarray([samples[s] for s in range(k)], dtype=np.float32)
+            block = np.asarray([samples[s][0] for s in range(k)], dtype=np.float32)
+            exponents = np.asarray([samples[s][1] for s in range(k)], dtype=np.int32)
+            if exponents.any():
+                block = np.ldexp(block, -exponents[:, None]).astype(np.float32)
             out[qid] = np.ascontiguousarray(block[:, : self.dim])
         return out
 
     def _scan(self, filters: _Filter) -> tuple[np.ndarray, np.ndarray]:
         """Every stored question that passes the filters -> ids (n,), codes (n, K, D): the exact fallback."""
         self.counters.add(scans=1)
-        rows = list(self._iterate(filters.expr or "", ["pk", "question_id", "code"]))
+        rows = list(self._iterate(filters.expr or "", ["pk", "question_id", "code", "exponent"]))
         codes = self._assemble(rows)
         ids = np.asarray(sorted(codes), dtype=np.int64)
         if filters.mask is not None:
@@ -834,7 +864,7 @@ class MilvusIndex:
         self.counters.add(engine_searches=1)
         params = {"metric_type": self._metric_type, "params": {"radius": radius}}
         result = self._client.search(
-            self._target, data=self._engine_vectors(np.asarray(vectors, dtype=np.float32)), limit=limit,
+            self._target, data=self._engine_queries(vectors), limit=limit,
             filter=expr or "", search_params=params, output_fields=[], anns_field="code",
         )
         return [np.fromiter((hit["pk"] for hit in hits), dtype=np.int64) for hits in result]
@@ -842,7 +872,7 @@ class MilvusIndex:
     def _topk(self, vectors, limit: int, expr: str | None) -> list[tuple[np.ndarray, np.ndarray]]:
         self.counters.add(engine_searches=1)
         result = self._client.search(
-            self._target, data=self._engine_vectors(np.asarray(vectors, dtype=np.float32)), limit=limit,
+            self._target, data=self._engine_queries(vectors), limit=limit,
             filter=expr or "", search_params={"metric_type": self._metric_type}, output_fields=[], anns_field="code",
         )
         return [

@@ -386,3 +386,19 @@ def test_an_allowed_id_whose_key_would_overflow_matches_nothing(pool):
     assert index.search(query, threshold=1.0, allowed=[2**62]) == [[]]
     assert index.search(query, threshold=1.0, allowed=[0, 2**62]) == [[Match(0, 0.0, 4)]]
     assert 2**62 not in index
+
+
+def test_cosine_codes_too_small_for_float32_normalisation_are_stored_and_found_exactly(pool):
+    """Codes of 1e-45s (one ulp from zero): Milvus normalises in float32, where their norm underflows;
+    they are stored scaled up by a power of two and read back bit for bit."""
+    index = pool.fresh("tiny", 3, 2, "cosine")
+    ulp = float(np.nextafter(np.float32(0), np.float32(1)))
+    codes = np.array([[[ulp, -ulp, ulp], [1e-20, 2e-20, 0.0]], [[3.0, 4.0, 0.0], [0.0, 0.0, 0.0]]], dtype=np.float32)
+    ids = np.array([1, 2])
+    index.add(ids, codes)
+    assert index.get_codes(ids).tobytes() == codes.tobytes()
+    queries = np.array([[[2 * ulp, -2 * ulp, 2 * ulp]], [[3e-20, 4e-20, 0.0]], [[1.0, 2.0, 0.0]]], dtype=np.float32)
+    for threshold in (0.0, 1e-6, 0.5, math.inf):
+        got = index.search(queries, threshold=threshold, limit=5)
+        assert got == [brute_force_search(q, ids, codes, threshold=threshold, limit=5, metric="cosine") for q in queries]
+    assert index.search(queries[:1], threshold=1e-6) == [[Match(1, 0.0, 1)]]
