@@ -8,6 +8,8 @@ Layout. One collection per index build; every stored question is K rows:
     sample       INT16               0..K-1 (`sample == 0` is one row per question: counts, ids())
     code         FLOAT_VECTOR        the code, float32 (padded with one zero to dim 2 when dim is 1:
                                      Milvus wants dim >= 2; a zero coordinate changes no distance)
+    exponent     INT16               cosine only: the code is stored times 2^exponent (exact) so that
+                                     tiny codes survive the engine's float32 normalisation
     meta         JSON                filter fields (optional; searches may add a Milvus expression)
 
 The index type is FLAT (exact). Collection properties hold what a replica needs to trust it: the
@@ -25,10 +27,13 @@ the reference bit for bit.
 
 Engine limits are never a silent cut. A range search returns at most `limit` hits per vector and
 Milvus caps `limit` at 16384 (`topk_cap`). A vector whose answer comes back full is asked again with
-a larger limit (x8, from `first_limit`) and, once at the cap, split by question-id ranges (at the
-median id of the hits, each half searched with a `question_id` range filter) until every part comes
-back below the cap: a page-by-partition that is exact on any engine whose range search returns the
-nearest hits within the radius (milvus-lite's over-fetch included). Every such event is counted in
+a larger limit (x8, from `first_limit`: 256 on milvus-lite, the cap on a server) and, once at the
+cap, split by question-id ranges (at the median id of the hits, each half searched with a
+`question_id` range filter) until every part comes back below the cap: a page-by-partition that is
+exact on any engine whose range search returns the nearest hits within the radius. (milvus-lite 3.x
+does range search on FLAT, radius and range_filter, but as a top-(5 x limit) search filtered by the
+radius afterwards: paging with range_filter bands would lose hits after the fifth page; id-range
+partitions do not, since every part starts from its own nearest hits.) Every such event is counted in
 `counters` (`truncated`, `split_requests`), so `/metrics` can show it; the last resort, an exact scan
 of the stored codes, is counted in `scans`.
 
@@ -40,6 +45,10 @@ exact distance found, which proves that no unseen question can rank in; at the c
 evaluated directly; up to `expr_max_ids` become a Milvus `question_id in [...]` expression; beyond,
 the searches run unfiltered and hits outside the set are dropped client-side (still exact: the hits
 are complete, paging included). Large filtered sets belong in `meta` and `expr` (Milvus evaluates).
+
+Aliases: an index opened on an alias resolves it once per search (and per write) and sends every
+request of that call to the one collection it named, so a switch mid-search cannot mix candidates
+from one collection with codes read from the other.
 
 Consistency: collections are created with consistency level Strong, so a search sees every write
 that returned before it. One `apply` is not atomic across rows (Milvus has no transactions): a search
