@@ -12,9 +12,10 @@ RUN pip install "torch==2.13.0" --index-url "${TORCH_INDEX_URL}"
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY app ./app
-# Install qsim's dependencies, then drop qsim itself: the code runs from /opt/qsim (next to its
-# models, data and migrations), not from site-packages.
-RUN pip install . && pip uninstall -y qsim
+# Install qsim's dependencies (with the Milvus client: QSIM_INDEX_BACKEND=milvus, the compose profile
+# milvus), then drop qsim itself: the code runs from /opt/qsim (next to its models, data and
+# migrations), not from site-packages.
+RUN pip install ".[milvus]" && pip uninstall -y qsim
 
 FROM python:${PYTHON_VERSION}-slim-bookworm
 RUN groupadd --system --gid 10001 qsim \

@@ -20,7 +20,11 @@ def dockerfile(name: str) -> str:
 
 
 def test_every_qsim_variable_the_deployment_sets_is_a_real_setting():
-    compose_vars = set(COMPOSE["x-qsim-environment"]) | set(COMPOSE["services"]["qsim-gpu"]["environment"])
+    compose_vars = (
+        set(COMPOSE["x-qsim-environment"])
+        | set(COMPOSE["services"]["qsim-gpu"]["environment"])
+        | set(COMPOSE["services"]["qsim-milvus"]["environment"])
+    )
     image_vars = set(re.findall(r"\b(QSIM_[A-Z_]+)=", dockerfile("Dockerfile") + dockerfile("docker/Dockerfile.gpu")))
     assert compose_vars - {"<<"} <= SETTING_NAMES
     assert image_vars <= SETTING_NAMES
@@ -37,7 +41,7 @@ def test_env_example_only_names_settings_or_compose_variables():
 def test_app_waits_for_a_healthy_database_and_keeps_its_data_in_named_volumes():
     db = COMPOSE["services"]["db"]
     assert "pg_isready" in " ".join(db["healthcheck"]["test"])
-    for name in ("qsim", "qsim-gpu"):
+    for name in ("qsim", "qsim-gpu", "qsim-milvus"):
         service = COMPOSE["services"][name]
         assert service["depends_on"]["db"]["condition"] == "service_healthy"
         for volume in service["volumes"]:
@@ -50,6 +54,22 @@ def test_gpu_service_is_behind_a_profile_and_reserves_a_gpu():
     assert gpu["profiles"] == ["gpu"]
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert gpu["build"]["dockerfile"] == "docker/Dockerfile.gpu"
+
+
+def test_milvus_profile_runs_standalone_milvus_and_points_the_app_at_it():
+    services = COMPOSE["services"]
+    milvus_services = {name for name, service in services.items() if service.get("profiles") == ["milvus"]}
+    assert milvus_services == {"milvus-etcd", "milvus-minio", "milvus", "qsim-milvus"}
+    app = services["qsim-milvus"]
+    assert app["environment"]["QSIM_INDEX_BACKEND"] == "milvus"
+    assert app["environment"]["QSIM_MILVUS_URI"] == "http://milvus:19530"
+    assert app["depends_on"]["milvus"]["condition"] == "service_healthy"
+    assert services["milvus"]["command"] == ["milvus", "run", "standalone"]
+    assert {"milvus-etcd", "milvus-minio"} <= set(services["milvus"]["depends_on"])
+    for volume in services["milvus"]["volumes"]:
+        assert volume.split(":")[0] in COMPOSE["volumes"]
+    # The image the profile runs has the Milvus client.
+    assert '".[milvus]"' in dockerfile("Dockerfile") and "milvus" in _pyproject()["project"]["optional-dependencies"]
 
 
 @pytest.mark.parametrize("name", ["Dockerfile", "docker/Dockerfile.gpu"])
@@ -83,7 +103,7 @@ def test_a_plain_install_brings_faiss_cpu_since_the_code_imports_faiss_at_module
 
 
 def test_cpu_image_installs_the_plain_package_and_gpu_image_swaps_in_the_faiss_gpu_build():
-    assert re.search(r'pip install "?\.(\[cpu\])?"?( |$)', dockerfile("Dockerfile"), re.M)
+    assert re.search(r'pip install "?\.(\[milvus\])?"?( |$)', dockerfile("Dockerfile"), re.M)
     gpu = dockerfile("docker/Dockerfile.gpu")
     install = re.search(r"^RUN pip install \..*$", gpu, re.M).group(0)
     steps = [step.strip() for step in install.split("&&")]

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 pytest.importorskip("pymilvus", reason="the Milvus backend's tests need the milvus extra (pip install 'qsim[milvus]')")
 pytest.importorskip("milvus_lite", reason="the Milvus backend's tests need milvus-lite (pip install 'qsim[milvus]')")
 
+from app.core.migrations import upgrade_to_head  # noqa: E402
 from app.main import create_app  # noqa: E402
 from app.similarity.state import IndexBackendUnavailable  # noqa: E402
 from tests.service.test_admin import (  # noqa: E402, F401
@@ -46,6 +47,15 @@ def milvus_settings(database_url, model_dir, tmp_path, **overrides):
         database_url, model_dir, tmp_path, index_backend="milvus",
         milvus_uri=str(tmp_path / "index" / "milvus.db"), **overrides,
     )
+
+
+@pytest.fixture
+def database_url(tmp_path) -> str:
+    """SQLite only: where the codes live does not depend on the database (the PostgreSQL variants
+    of these tests run on the FAISS backend), and CI time is better spent elsewhere."""
+    url = f"sqlite:///{tmp_path / 'qsim.db'}"
+    upgrade_to_head(url)
+    return url
 
 
 @pytest.fixture
