@@ -279,6 +279,10 @@ class MilvusIndex:
         self.write_batch = _positive_int("write_batch", write_batch)
         self._owns_client = client is None
         self._client = client if client is not None else connect(self.uri, token)
+        if self.uri is None:  # a shared client: ask the server what it is
+            self.lite = _is_lite(self._client)
+            if first_limit is None and self.lite:
+                self.first_limit = min(256, self.topk_cap)
         self.device = "milvus-lite" if self.lite else "milvus"
         if vectors_per_request is None:
             # milvus-lite computes L2 from differences in one (vectors x rows x dim) array per request;
@@ -943,6 +947,13 @@ class MilvusIndex:
                 return self._evaluate_all(query[None], rule, *self._scan(filters))[0]
             self.counters.add(truncated=len(todo))
             limit = min(limit * 8, self.topk_cap)
+
+
+def _is_lite(client) -> bool:
+    try:
+        return str(client.get_server_version()).startswith("milvus_lite")
+    except Exception:
+        return False
 
 
 def _int_or_none(value) -> int | None:

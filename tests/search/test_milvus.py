@@ -402,3 +402,10 @@ def test_cosine_codes_too_small_for_float32_normalisation_are_stored_and_found_e
         got = index.search(queries, threshold=threshold, limit=5)
         assert got == [brute_force_search(q, ids, codes, threshold=threshold, limit=5, metric="cosine") for q in queries]
     assert index.search(queries[:1], threshold=1e-6) == [[Match(1, 0.0, 1)]]
+
+
+def test_an_index_on_a_shared_client_knows_it_talks_to_milvus_lite(pool):
+    shared = pool.fresh("shared", 2, 1).client
+    index = MilvusIndex(None, "on_shared_client", 2, 1, "l2", MODEL, client=shared)
+    assert index.lite and index.device == "milvus-lite" and index.first_limit == 256
+    assert MilvusIndex.load(None, "on_shared_client", client=shared).device == "milvus-lite"
