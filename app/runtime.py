@@ -46,6 +46,7 @@ class Runtime:
             timeout_seconds=settings.search_timeout_seconds,
             load_wait_seconds=settings.load_wait_seconds,
             on_batch=metrics.search_batch_size.observe,
+            backend_errors=self.builder.backend_errors(),
         )
         self.questions = QuestionService(self.db, self.applier, self.searches)
         self.feedback = FeedbackService(

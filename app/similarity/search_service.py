@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from app.core.errors import InvalidRequest
+from app.core.errors import InvalidRequest, Unavailable
 from app.model.encoder import Encoded, QuestionEncoder
 from app.model.text import EmptyTextError, normalize
 from app.search.reference import Match
@@ -83,6 +83,11 @@ class SearchAnswer:
     coverage: float = 1.0  # share of the question's visible characters the tokenizer knows
     reason: str | None = None  # why the answer is restricted (LOW_COVERAGE), None when it is not
     reason_detail: str | None = None
+
+
+class IndexUnavailable(Unavailable):
+    """The index backend did not answer (Milvus down or unreachable): searches get 503, writes are
+    stored and applied once it answers again."""
 
 
 class InvalidQuery(InvalidRequest):
@@ -220,12 +225,14 @@ class SearchService:
         timeout_seconds: float,
         load_wait_seconds: float,
         on_batch: Callable[[int], None] | None = None,
+        backend_errors: tuple[type[BaseException], ...] = (),
     ):
         self._live_state = live_state
         self._wait_until_loaded = wait_until_loaded
         self.min_coverage = min_coverage
         self.timeout = timeout_seconds
         self.load_wait = load_wait_seconds
+        self._backend_errors = backend_errors
         self.executor: MicroBatcher = MicroBatcher(
             self._process, max_batch=max_batch, max_wait_seconds=max_wait_seconds, max_queue=max_queue,
             name="search-executor", on_batch=on_batch,
@@ -239,7 +246,17 @@ class SearchService:
         self.executor.stop()
 
     def _process(self, work: Sequence[_Search | _Call]) -> list:
-        state = self._live_state()  # NotReady reaches every caller of this batch
+        try:
+            return self._process_on(self._live_state(), work)
+        except self._backend_errors as error:
+            raise self._unavailable(error) from error
+
+    @staticmethod
+    def _unavailable(error: BaseException) -> IndexUnavailable:
+        return IndexUnavailable(f"the index backend did not answer ({type(error).__name__}); retry shortly")
+
+    def _process_on(self, state: SearchState, work: Sequence[_Search | _Call]) -> list:
+        """Every item of the batch on `state` (NotReady reaches every caller of this batch)."""
         searches = [item for item in work if isinstance(item, _Search)]
         flat = [query for item in searches for query in item.queries]
         found = iter(search(state, flat, self.min_coverage)) if flat else iter(())
@@ -251,7 +268,7 @@ class SearchService:
                 try:
                     results.append(item.work(state))
                 except Exception as error:  # this caller's alone
-                    results.append(error)
+                    results.append(self._unavailable(error) if isinstance(error, self._backend_errors) else error)
         return results
 
     @staticmethod

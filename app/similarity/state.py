@@ -111,6 +111,14 @@ class StateBuilder:
             self._milvus = client
         return self._milvus
 
+    def backend_errors(self) -> tuple[type[BaseException], ...]:
+        """What the backend raises when it does not answer (searches then get 503, not 500)."""
+        if self.backend != "milvus":
+            return ()
+        from pymilvus.exceptions import MilvusException
+
+        return (MilvusException,)
+
     def check_backend(self) -> None:
         """At start-up: the configured backend can serve (a clear error now, never a silent fallback)."""
         if self.backend == "milvus":

@@ -7,6 +7,8 @@ tests/reliability/test_crash.py."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -65,7 +67,7 @@ def settings(database_url, tiny_model_dir, tmp_path):
 
 def test_readiness_and_metrics_name_the_backend(client, stored):
     ready = client.get("/readyz").json()
-    assert (ready["index_backend"], ready["device"], ready["questions"]) == ("milvus", "milvus", len(stored))
+    assert (ready["index_backend"], ready["device"], ready["questions"]) == ("milvus", "milvus-lite", len(stored))
     metrics = client.get("/metrics").text
     assert 'qsim_index_backend{backend="milvus"} 1.0' in metrics
     client.post("/questions/similar", json={"question": stored[0]["text"]})
@@ -102,3 +104,37 @@ def test_milvus_needs_a_uri_and_an_unknown_backend_is_refused(database_url, tiny
         make_settings(database_url, tiny_model_dir, tmp_path, index_backend="milvus")
     with pytest.raises(ValueError, match="index_backend"):
         make_settings(database_url, tiny_model_dir, tmp_path, index_backend="elastic")
+
+
+def test_searches_during_a_milvus_outage_get_503_and_writes_catch_up_after_it(
+    database_url, tiny_model_dir, tmp_path, monkeypatch
+):
+    from pymilvus.exceptions import MilvusException
+
+    from tests.service_fixtures import start_client
+
+    client = start_client(milvus_settings(database_url, tiny_model_dir, tmp_path, write_visibility_timeout_seconds=0.5))
+    try:
+        milvus = client.app.state.runtime.builder.milvus_client()
+
+        def unavailable(*args, **kwargs):
+            raise MilvusException(code=2, message="Milvus is down (injected)")
+
+        for method in ("search", "upsert", "query", "get", "delete"):
+            monkeypatch.setattr(milvus, method, unavailable)
+        down = client.post("/questions/similar", json={"question": "is my card frozen"})
+        assert down.status_code == 503 and down.headers["retry-after"] and "index backend did not answer" in down.json()["detail"]
+        stored = client.post("/questions", json={"text": "a question stored while Milvus was down"})
+        assert stored.status_code == 201  # in the database, the source of truth; applied once Milvus answers
+        monkeypatch.undo()
+        deadline = time.monotonic() + 30
+        while True:
+            found = client.post("/questions/similar", json={"question": "a question stored while Milvus was down",
+                                                            "threshold": 1e-9}).json()
+            if [r["id"] for r in found["results"]] == [stored.json()["id"]]:
+                break
+            assert time.monotonic() < deadline, found
+            time.sleep(0.2)
+        assert "qsim_lagging_writes_total 1.0" in client.get("/metrics").text
+    finally:
+        client.__exit__(None, None, None)
