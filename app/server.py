@@ -25,9 +25,11 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.core.config import get_settings
+    from app.core.logging import configure_logging
     from app.prestart import DatabaseUnavailable, prestart
 
     settings = get_settings()
+    configure_logging(settings.log_level)
     if not args.no_prestart:
         try:
             prestart(settings)

@@ -117,7 +117,7 @@ def test_entrypoint_is_executable_and_execs_the_server():
     script = ROOT / "docker" / "entrypoint.sh"
     assert script.stat().st_mode & 0o111
     body = script.read_text()
-    assert "python -m app.prestart" in body and "exec python -m app serve --no-prestart" in body
+    assert 'exec python -m app serve "$@"' in body  # serve waits for the database, migrates and seeds first
 
 
 def test_torch_is_pinned_exactly_in_the_project():
