@@ -11,7 +11,7 @@ EXTRAS ?= cpu,eval,dev
 # The shipped default's epochs (the CLI default is 8; models/default/MODEL_CARD.md says why it differs).
 DEFAULT_EPOCHS ?= 4
 
-.PHONY: help install browser run serve test test-long lint bench bench-index bench-encoder bench-http \
+.PHONY: help install browser run serve test test-long lint bench bench-index bench-encoder bench-http bench-wrk wrk \
         evaluate train-default calibrate-default model-variants clean
 
 help:  ## list targets
@@ -61,7 +61,7 @@ test-long: install  ## the long reliability variants (soak, many crash trials)
 lint: install
 	$(BIN)/ruff check app tests bench
 
-bench: bench-index bench-encoder bench-http  ## all benchmarks; each prints a table
+bench: bench-index bench-encoder bench-http bench-wrk  ## all benchmarks; each prints a table
 
 bench-index: install  ## exact/approximate index at 10k, 100k, 1M questions
 	$(BIN)/python -m bench.index_bench
@@ -71,6 +71,27 @@ bench-encoder: $(BIN)/.teacher  ## encoder throughput and latency against MiniLM
 
 bench-http: install  ## HTTP latency and throughput against a running service
 	$(BIN)/python -m bench.http_bench
+
+# wrk (Debian's package) drives the HTTP latency-floor benchmark; installed here when missing and
+# apt-get can (as root, or with sudo), like chromium for the browser tests.
+WRK ?= wrk
+APT_WRK = DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk
+WRK_BENCH_ARGS ?= --json bench/out/wrk_bench.json
+wrk:  ## install Debian's wrk for bench-wrk when it is missing
+	@if command -v $(WRK) >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing wrk for bench-wrk (apt-get)"; \
+	  { apt-get update -qq && $(APT_WRK); } || echo "could not install wrk"; \
+	elif command -v apt-get >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+	  echo "installing wrk for bench-wrk (sudo apt-get)"; \
+	  { sudo apt-get update -qq && sudo $(APT_WRK); } || echo "could not install wrk"; \
+	else \
+	  echo "no wrk, and apt-get cannot install it here: install wrk to run bench-wrk"; \
+	fi
+
+bench-wrk: $(BIN)/.teacher wrk  ## wrk against qsim and the peer (FastAPI + MiniLM + FAISS flat) side by side
+	@command -v $(WRK) >/dev/null 2>&1 || { echo "bench-wrk needs wrk (make wrk)"; exit 1; }
+	$(BIN)/python -m bench.wrk_bench --wrk "$$(command -v $(WRK))" $(WRK_BENCH_ARGS)
 
 evaluate: $(BIN)/.teacher  ## quality report of the shipped model on BANKING77 (writes models/default/report)
 	$(BIN)/qsim evaluate --model models/default --corpus data/banking77/train.csv \
