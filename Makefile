@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # Extra pip arguments for torch, e.g. `--index-url https://download.pytorch.org/whl/cpu`
 # on a machine whose pip would otherwise fetch the CUDA build.
 TORCH_PIP_ARGS ?=
-EXTRAS ?= cpu,eval,dev
+EXTRAS ?= cpu,eval,dev,milvus
 # The shipped default's epochs (the CLI default is 8; models/default/MODEL_CARD.md says why it differs).
 DEFAULT_EPOCHS ?= 4
 
