@@ -81,6 +81,7 @@ from app.search.index import (
     _revision,
 )
 from app.search.reference import METRICS, Match, brute_force_search, order_matches, pair_distances
+from app.search.refine import Rule
 from app.search.storage import IndexFileError
 
 log = logging.getLogger(__name__)
@@ -127,19 +128,6 @@ class Counters:
     def as_dict(self) -> dict[str, int]:
         with self._lock:
             return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
-
-
-@dataclass(frozen=True)
-class Rule:
-    metric: str
-    threshold: float
-    min_pairs: int
-    limit: int
-
-    @property
-    def everything_qualifies(self) -> bool:
-        """With t = inf or min_pairs = 0 every question is a match: the search is a ranking."""
-        return self.min_pairs == 0 or math.isinf(self.threshold)
 
 
 def engine_gamma(dim: int) -> float:
