@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from sqlalchemy import event
 
@@ -28,6 +30,20 @@ def block_encoding_of(encoder, monkeypatch, marker: str) -> tuple[threading.Even
 
     monkeypatch.setattr(encoder, "sample", sample)
     return started, release
+
+
+@contextmanager
+def service_blocking_on(marker: str, database_url, model_dir, tmp_path, monkeypatch, **settings) -> Iterator[tuple]:
+    """A service (with `settings`) whose encoder blocks on texts containing `marker`:
+    yields (client, runtime, started, release); releases and stops on the way out."""
+    client = start_client(make_settings(database_url, model_dir, tmp_path, **settings))
+    runtime = client.app.state.runtime
+    started, release = block_encoding_of(runtime.applier.state.encoder, monkeypatch, marker)
+    try:
+        yield client, runtime, started, release
+    finally:
+        release.set()
+        client.__exit__(None, None, None)
 
 
 def test_a_search_never_waits_for_another_writers_encoding(client, stored, monkeypatch):
@@ -70,11 +86,9 @@ def test_searches_and_the_readiness_probe_never_touch_the_database(client, store
 
 
 def test_batches_and_encodes_obey_the_queue_bound_of_single_searches(database_url, tiny_model_dir, tmp_path, monkeypatch):
-    settings = make_settings(database_url, tiny_model_dir, tmp_path, queue_max=4, batch_max_size=1)
-    client = start_client(settings)
-    try:
-        runtime = client.app.state.runtime
-        started, release = block_encoding_of(runtime.applier.state.encoder, monkeypatch, "blocking question")
+    with service_blocking_on(
+        "blocking question", database_url, tiny_model_dir, tmp_path, monkeypatch, queue_max=4, batch_max_size=1
+    ) as (client, runtime, started, release):
         answers: list[int] = []
 
         def post(path: str, body: dict) -> threading.Thread:
@@ -104,17 +118,13 @@ def test_batches_and_encodes_obey_the_queue_bound_of_single_searches(database_ur
             thread.join(30)
         assert sorted(answers) == [200, 200, 200]
         assert client.post("/questions/similar/batch", json={"questions": ["card a", "card b"]}).status_code == 200
-    finally:
-        release.set()
-        client.__exit__(None, None, None)
 
 
 def test_batches_and_encodes_time_out_like_single_searches(database_url, tiny_model_dir, tmp_path, monkeypatch):
-    settings = make_settings(database_url, tiny_model_dir, tmp_path, search_timeout_seconds=0.5, batch_max_size=1)
-    client = start_client(settings)
-    try:
-        runtime = client.app.state.runtime
-        started, release = block_encoding_of(runtime.applier.state.encoder, monkeypatch, "blocking question")
+    with service_blocking_on(
+        "blocking question", database_url, tiny_model_dir, tmp_path, monkeypatch, search_timeout_seconds=0.5,
+        batch_max_size=1,
+    ) as (client, _runtime, started, release):
         blocked = threading.Thread(target=lambda: client.post("/questions/similar", json={"question": "blocking question"}))
         blocked.start()
         assert started.wait(10)
@@ -124,6 +134,3 @@ def test_batches_and_encodes_time_out_like_single_searches(database_url, tiny_mo
             assert late.status_code == 503 and "not answered within 0.5 s" in late.json()["detail"], path
         release.set()
         blocked.join(30)
-    finally:
-        release.set()
-        client.__exit__(None, None, None)
