@@ -3,6 +3,14 @@
 Sampling is deterministic per question: the noise for a text comes from a generator seeded by the
 normalised text and the model identity, so the same question under the same model always gets the
 same K codes, whatever else is in the batch, and a reindex reproduces the same index.
+
+The model's `sampling.precision` picks the arithmetic. "float64" runs the trained modules in
+float64 (nn.LSTM on packed sequences) and rounds the results to float32: batch composition still
+changes the float64 rounding, and the float32 results only stay bitwise equal because a float64
+difference in the last bits almost never crosses a float32 rounding boundary. "float32" runs the
+batch-invariant path of app/model/modules/invariant.py: every matrix product is a fixed-shape
+product per question and every other operation is exact or row by row, so a question's results
+are bitwise the same in any batch by construction, and it is faster.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import numpy as np
 import torch
 
 from app.model.artifact import Artifact, load_artifact
+from app.model.modules.invariant import InvariantPosterior
 from app.model.text import normalize
 from app.model.vae import Batch
 
@@ -37,6 +46,8 @@ class QuestionEncoder:
         self.device = device
         self._dtype = torch.float64 if artifact.settings.sampling.precision == "float64" else torch.float32
         self._model = artifact.model.to(device=device, dtype=self._dtype).eval()
+        # float32: the batch-invariant path (its own float32 copies of the weights)
+        self._invariant = InvariantPosterior(self._model, device) if self._dtype == torch.float32 else None
         self._tokenizer = artifact.tokenizer
         self._latent = self._model.latent
         # torch modules are safe to call from several threads, but the work is CPU-bound and
@@ -97,25 +108,34 @@ class QuestionEncoder:
         samples = np.empty((len(texts), k, dim), dtype=np.float32) if k else None
         # Length-sorted batches: less padding, and a text's batch neighbours are its own length.
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
+        temperature = self.artifact.settings.sampling.temperature
+        if self._invariant is not None:
+            # Any chunk size gives the same bits; chunk_rows keeps every kernel within one grain.
+            batch_size = max(1, min(batch_size, self._invariant.chunk_rows))
         with self._lock, torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
-                posterior = self._model.posterior(Batch.from_ids([ids[i] for i in rows], self.device))
-                mean[rows] = posterior.mean.float().cpu().numpy()
-                scale[rows] = posterior.scale.float().cpu().numpy()
+                noise = self._noise([normalised[i] for i in rows], k) if k else None
+                if self._invariant is not None:
+                    chunk_mean, chunk_scale, codes = self._invariant.encode_chunk([ids[i] for i in rows], noise, temperature)
+                else:
+                    posterior = self._model.posterior(Batch.from_ids([ids[i] for i in rows], self.device))
+                    chunk_mean, chunk_scale = posterior.mean, posterior.scale
+                    codes = self._latent.rsample(posterior, noise.astype(np.float64), temperature) if k else None
+                mean[rows] = chunk_mean.float().cpu().numpy()
+                scale[rows] = chunk_scale.float().cpu().numpy()
                 if k:
-                    noise = np.concatenate(
-                        [
-                            self._latent.draw_noise(
-                                np.random.Generator(np.random.Philox(key=self._noise_seed(normalised[i]))), 1, k
-                            )
-                            for i in rows
-                        ]
-                    )
-                    noise = noise.astype(np.float64 if self._dtype == torch.float64 else np.float32)
-                    codes = self._latent.rsample(posterior, noise, self.artifact.settings.sampling.temperature)
                     samples[rows] = codes.float().cpu().numpy()
         return Encoded(mean, scale, samples)
+
+    def _noise(self, normalised: Sequence[str], k: int) -> np.ndarray:
+        """(n, k, ...) float32: each text's own noise, from a generator seeded by the text and the model id."""
+        return np.concatenate(
+            [
+                self._latent.draw_noise(np.random.Generator(np.random.Philox(key=self._noise_seed(text))), 1, k)
+                for text in normalised
+            ]
+        )
 
     def coverage(self, texts: Sequence[str]) -> list[float]:
         """Share of each text's visible characters the model's tokenizer knows (see Tokenizer.coverage)."""
