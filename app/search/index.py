@@ -34,6 +34,7 @@ from app.search.sources import (
     BlockSource,
     CandidateSource,
     KnnSource,
+    LegacyBlockSource,
     PreparedQuery,
     ScannedSource,
     dense_question_bounds,
@@ -44,7 +45,7 @@ from app.search.storage import read_index, write_index
 
 log = logging.getLogger(__name__)
 
-STRATEGIES: tuple[str, ...] = ("auto", "blocks", "knn")
+STRATEGIES: tuple[str, ...] = ("auto", "blocks", "knn", "legacy-blocks")
 # Batched exact searches: queries per GEMM scan, and when a segment is scanned densely.
 DENSE_BATCH_QUERIES = 16
 DENSE_MIN_QUESTIONS = 4096
@@ -60,6 +61,10 @@ GPU_BATCH_QUERIES = 256
 # questions the filter drops masked out (both exact).
 SUBSET_MAX_QUESTIONS = 4096
 SUBSET_MAX_FRACTION = 0.05
+# Questions per partition block (k-means cluster). Smaller blocks bound tighter, more blocks cost
+# more to bound: with question caps (cosine) 16-32 read about the same at 100k real codes, and 32
+# was the faster at 1M synthetic l2 codes (no question caps there) than 16 or the former 48.
+BLOCK_QUESTIONS = 32
 
 
 @dataclass(frozen=True)
@@ -81,9 +86,10 @@ class SimilarityIndex:
     candidate structure ('ivf', 'hnsw', 'sq8': returned distances and counts are exact, recall may
     be below 1). device: 'auto' (GPU when FAISS sees one), 'cpu' or 'cuda'.
 
-    Tuning (keyword-only): strategy 'auto' | 'blocks' | 'knn' (how exact candidates are found:
-    'auto' is ball-partition blocks on CPU and k-NN on GPU; 'knn' on CPU runs the GPU strategy, with
-    `knn_max_k` as its k limit, for tests); block_questions / cluster_min_questions (partition);
+    Tuning (keyword-only): strategy 'auto' | 'blocks' | 'knn' | 'legacy-blocks' (how exact
+    candidates are found: 'auto' is partition blocks on CPU and k-NN on GPU; 'knn' on CPU runs the
+    GPU strategy, with `knn_max_k` as its k limit, for tests; 'legacy-blocks' is the previous block
+    search, ball bounds only, kept for A/B benchmarks); block_questions / cluster_min_questions / group_factor (partition);
     nlist, nprobe, hnsw_m, ef_construction, ef_search, approximate_min_questions (approximate kinds);
     merge_factor, merge_floor_questions and background_merges (segment merging, see merging.py).
     """
@@ -99,8 +105,9 @@ class SimilarityIndex:
         *,
         strategy: str = "auto",
         knn_max_k: int | None = None,
-        block_questions: int = 48,
+        block_questions: int = BLOCK_QUESTIONS,
         cluster_min_questions: int = 4096,
+        group_factor: int = 4,
         nlist: int | None = None,
         nprobe: int = 16,
         hnsw_m: int = 32,
@@ -127,7 +134,9 @@ class SimilarityIndex:
         self.device = resolve_device(device)
         self._geometry = SearchGeometry(metric)
         self._errors = FloatErrorModel(self.dim)
-        self._plan = PartitionPlan(block_questions=block_questions, cluster_min_questions=cluster_min_questions)
+        self._plan = PartitionPlan(
+            block_questions=block_questions, cluster_min_questions=cluster_min_questions, group_factor=group_factor
+        )
         self._approximate = None
         if kind != "exact":
             self._approximate = ApproximateSpec(
@@ -227,6 +236,7 @@ class SimilarityIndex:
             chunk = prepared[start : start + chunk_size]
             first_rounds = self._batched_first_rounds(snapshot, chunk, rule, skip=subsets)
             dense = self._dense_bounds(snapshot, chunk, rule, skip=subsets)
+            blocks = self._block_sources(snapshot, chunk, rule, dense, skip=subsets)
             for i, query in enumerate(chunk):
                 best: list[Match] = []
                 for view in snapshot.views:
@@ -235,6 +245,8 @@ class SimilarityIndex:
                         source = subset_source(view.segment, subsets[name], query, self._geometry, self._errors)
                     elif name in dense:
                         source = ScannedSource(dense[name][i])
+                    elif name in blocks:
+                        source = blocks[name][i]
                     else:
                         first = first_rounds.get(name)
                         source = self._source(view.segment, query, rule, first[i] if first else None)
@@ -262,12 +274,36 @@ class SimilarityIndex:
                 subsets[view.segment.name] = np.sort(rows)
         return Snapshot(tuple(views), snapshot.revision), subsets
 
+    def _block_sources(
+        self, snapshot: Snapshot, chunk: list[PreparedQuery], rule: Rule, dense: dict[str, np.ndarray],
+        skip: dict | None = None,
+    ) -> dict[str, list[BlockSource]]:
+        """Strategy 'blocks': each query's block source per exact segment, and, in `dense`, the
+        segments the partition cannot prune well, scanned once for all queries of the batch by GEMM
+        (4x the arithmetic rate of per-query scans here) instead of block by block. Whether it
+        prunes is what the sources' own group and block bounds say (no second bounding pass)."""
+        if self.strategy != "blocks":
+            return {}
+        min_share = DENSE_MIN_READ_FRACTION if len(chunk) >= DENSE_MIN_QUERIES else DENSE_MIN_READ_FRACTION_SINGLE
+        pruning = None if rule.everything_qualifies else (rule.threshold, rule.min_pairs)
+        sources = {}
+        for view in snapshot.views:
+            segment = view.segment
+            if segment.approximate is not None or (skip and segment.name in skip):
+                continue
+            built = [BlockSource(segment, query, self._geometry, self._errors, rule=pruning) for query in chunk]
+            if segment.size >= DENSE_MIN_QUESTIONS and np.mean([s.within_reach_share() for s in built]) >= min_share:
+                dense[segment.name] = dense_question_bounds(segment, chunk, self._geometry, self._errors)
+            else:
+                sources[segment.name] = built
+        return sources
+
     def _dense_bounds(
         self, snapshot: Snapshot, chunk: list[PreparedQuery], rule: Rule, skip: dict | None = None
     ) -> dict[str, np.ndarray]:
-        """Segments the ball partition cannot prune well are scanned once for all queries of the batch
-        by GEMM (4x the arithmetic rate of per-query SIMD scans here) instead of block by block."""
-        if self.strategy != "blocks":
+        """Strategy 'legacy-blocks': segments the ball partition cannot prune well are scanned once for
+        all queries of the batch by GEMM instead of block by block."""
+        if self.strategy != "legacy-blocks":
             return {}
         min_share = DENSE_MIN_READ_FRACTION if len(chunk) >= DENSE_MIN_QUERIES else DENSE_MIN_READ_FRACTION_SINGLE
         reach = 0.0 if rule.everything_qualifies else self._geometry.search_radius(rule.threshold)
@@ -337,7 +373,10 @@ class SimilarityIndex:
             backend = segment.accelerator or CpuFlatKnn(segment.flat_vectors, self._cpu_knn_max_k, self._errors)
             first_k = self._first_k(rule, backend.max_k)
             return KnnSource(segment, query, self._geometry, backend, first_k, self._errors, first_round)
-        return BlockSource(segment, query, self._geometry, self._errors)
+        if self.strategy == "legacy-blocks":
+            return LegacyBlockSource(segment, query, self._geometry, self._errors)
+        pruning = None if rule.everything_qualifies else (rule.threshold, rule.min_pairs)
+        return BlockSource(segment, query, self._geometry, self._errors, rule=pruning)
 
     # ---------------------------------------------------------------------------------- writing
 
@@ -367,9 +406,7 @@ class SimilarityIndex:
             current = self._snapshot
             views = []
             if len(upserts):
-                segment = Segment.build(upserts, codes, self._geometry, self._errors, self._plan, self._approximate)
-                if self._accelerator is not None:
-                    self._accelerator.attach(segment, flat=self.strategy == "knn")
+                segment = self._prepared(Segment.build(upserts, codes, self._geometry, self._errors, self._plan, self._approximate))
                 views.append(SegmentView.all_live(segment))
             touched = np.concatenate([removals, upserts])
             removed = 0
@@ -384,6 +421,15 @@ class SimilarityIndex:
             self._publish(views, revision if revision is not None else current.revision)
             self._schedule_merges()
         return removed
+
+    def _prepared(self, segment: Segment) -> Segment:
+        """A new segment, not yet visible to readers, with what searches of it need: its block bounds
+        (caps for cosine; the block strategy, and the k-NN strategy's host fallback) and its GPU copies."""
+        if self.strategy != "legacy-blocks" and segment.approximate is None:
+            segment.block_bounds(self._geometry, self._errors)
+        if self._accelerator is not None:
+            self._accelerator.attach(segment, flat=self.strategy == "knn")
+        return segment
 
     def _validate_write(self, upsert_ids, upsert_codes, remove_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if (upsert_ids is None) != (upsert_codes is None):
@@ -444,9 +490,7 @@ class SimilarityIndex:
     def _merge(self, task: tuple[SegmentView, ...]) -> None:
         ids = np.concatenate([view.live_ids() for view in task])
         codes = np.concatenate([view.segment.codes[view.live] for view in task])
-        merged = Segment.build(ids, codes, self._geometry, self._errors, self._plan, self._approximate)
-        if self._accelerator is not None:
-            self._accelerator.attach(merged, flat=self.strategy == "knn")
+        merged = self._prepared(Segment.build(ids, codes, self._geometry, self._errors, self._plan, self._approximate))
         with self._write_lock:
             current = {view.segment: view for view in self._snapshot.views}
             died = []
@@ -532,9 +576,7 @@ class SimilarityIndex:
             approximate = None
             if part.approximate is not None:
                 approximate = ApproximateIndex.deserialize(index._approximate, part.approximate)
-            segment = Segment(part.ids, part.codes, vectors, partition, approximate, name=part.name)
-            if index._accelerator is not None:
-                index._accelerator.attach(segment, flat=index.strategy == "knn")
+            segment = index._prepared(Segment(part.ids, part.codes, vectors, partition, approximate, name=part.name))
             if part.live.any():
                 views.append(SegmentView(segment, part.live))
         index._publish(views, header["revision"])

@@ -16,7 +16,7 @@ import numpy as np
 
 from app.search.approximate import ApproximateIndex, ApproximateSpec
 from app.search.bounds import FloatErrorModel, SearchGeometry
-from app.search.partition import Partition, PartitionPlan, build_partition, order_rows
+from app.search.partition import BlockBounds, Partition, PartitionPlan, build_partition, order_rows
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:
@@ -52,6 +52,18 @@ class Segment:
         self._sorted_rows = _frozen(order.astype(np.int64))
         # Device-side copies (GPU) attached by the index; not part of the persisted data.
         self.accelerator = None
+        # Query-independent bounding structures (caps for cosine), derived from the data above.
+        self._block_bounds: BlockBounds | None = None
+
+    def block_bounds(self, geometry: SearchGeometry, errors: FloatErrorModel) -> BlockBounds:
+        """The groups' and blocks' bounds in the index's metric, built once: by the writer before the
+        segment is published (`SimilarityIndex`), or else by the first reader (a concurrent one
+        may build an identical copy; either is kept)."""
+        cached = self._block_bounds
+        if cached is None or cached.metric != geometry.metric or cached.errors != errors:
+            cached = BlockBounds(self.partition, self.flat_vectors, self.sample_sq_norms, self.samples_per_item, geometry, errors)
+            self._block_bounds = cached
+        return cached
 
     @classmethod
     def build(
@@ -96,6 +108,8 @@ class Segment:
         if self.vectors is not self.codes:
             arrays.append(self.vectors)
         total = sum(a.nbytes for a in arrays) + self.partition.nbytes()
+        if self._block_bounds is not None:
+            total += self._block_bounds.nbytes()
         if self.approximate is not None:
             total += self.approximate.nbytes()
         return total

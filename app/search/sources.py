@@ -5,7 +5,9 @@ closest pair distance (in the reference metric), and at any time `bound()`: a lo
 closest pair distance of every question it has not handed out yet. The search engine asks for
 more only while that bound could still matter, which is what makes pruning exact.
 
-- BlockSource: the segment's blocks in increasing ball bound; each block is read in full (float32).
+- BlockSource: the segment's blocks in increasing lower bound (spherical caps for 'cosine', balls
+  for 'l2'), with the pairs rule's count pruning; each block is read in full (float32).
+- LegacyBlockSource: the previous block search (ball bounds, lazy heap), strategy 'legacy-blocks'.
 - KnnSource: k nearest samples of each query sample (GPU flat index, or CPU for tests), k grown
   until the k-th neighbour is beyond what the search needs; past the backend's k limit (2048 on
   GPU) it falls back to a BlockSource on the host copy, so nothing is ever truncated.
@@ -81,7 +83,213 @@ def question_lower_bounds(
 
 
 class BlockSource:
-    """Blocks in (roughly) increasing ball bound, groups expanded lazily.
+    """Blocks in increasing lower bound, in the reference metric (caps for 'cosine', balls for 'l2',
+    see `partition.BlockBounds`).
+
+    Groups are bounded first; every group within the cutoff is expanded at once (one matrix
+    product bounds all of their blocks), or, while nothing bounds the search (a ranking with no
+    limit-th distance yet), the nearest group only. Unread blocks are kept sorted by bound, so
+    `bound()` (the smaller of the next group's and the next block's) is a lower bound of everything
+    unread. Each emit reads blocks within the cutoff up to a sample budget that doubles from wave
+    to wave, with the SIMD kernel; for cosine, each question's own cap is bounded first and only
+    the questions within the cutoff are read.
+
+    The pairs rule prunes beyond the closest pair (rule = (threshold, min_pairs), when given):
+
+    - Groups, blocks and question caps. A question's pairs within t number sum_i c_i, where
+      c_i <= K counts its codes within t of query sample i; c_i = 0 when query sample i's bound
+      to the block exceeds t. So a block holds a question with >= min_pairs pairs only if at
+      least ceil(min_pairs / K) query samples have a bound <= t, i.e. if the ceil(min_pairs / K)-th
+      smallest of the query samples' bounds is <= t; otherwise the block cannot hold a match and
+      is never read (its bound is infinite). (With the shipped rule, 5 of 25 with K = 5, that is
+      one query sample: the closest-pair bound itself.)
+    - Questions. After a read, a pair can be within t only if its float32 squared search-space
+      distance is <= r^2 + slack (r = `SearchGeometry.search_radius(t)`, slack its error bound);
+      a question with fewer than min_pairs such pairs cannot qualify and is not handed out.
+
+    Neither applies when every question qualifies (min_pairs = 0 or t = inf)."""
+
+    FIRST_WAVE_SAMPLES = 4096
+    MAX_WAVE_SAMPLES = 1 << 16
+    # Above this share of a segment's blocks, an expansion bounds all of them in one product.
+    ALL_BLOCKS_SHARE = 0.5
+
+    def __init__(
+        self,
+        segment: Segment,
+        query: PreparedQuery,
+        geometry: SearchGeometry,
+        errors: FloatErrorModel,
+        skip: np.ndarray | None = None,
+        rule: tuple[float, int] | None = None,
+    ):
+        self.segment = segment
+        self.query = query
+        self.geometry = geometry
+        self.errors = errors
+        self.skip = skip
+        self.structure = segment.block_bounds(geometry, errors)
+        k = segment.samples_per_item
+        threshold, min_pairs = rule if rule is not None else (math.inf, 0)
+        self.counting = min_pairs > 0 and not math.isinf(threshold)
+        self.threshold = threshold
+        self.min_pairs = min_pairs
+        # Query samples that must reach a block for it to hold a match.
+        self.needed = -(-min_pairs // k) if self.counting else 1
+        if self.counting:
+            radius = geometry.search_radius(threshold)
+            self.pair_limit = radius * radius * (1.0 + 1e-12)
+        group_bounds = self._combine(lambda rank: self.structure.groups(query.search, query.norms, rank))
+        self.group_order = np.argsort(group_bounds, kind="stable")
+        self.group_sorted = group_bounds[self.group_order]
+        self.group_next = 0
+        self.block_ids = EMPTY_ROWS
+        self.block_sorted = EMPTY_BOUNDS
+        self.block_next = 0
+        self.budget = self.FIRST_WAVE_SAMPLES
+        # The share of the segment within reach decides whether a dense scan would be cheaper.
+        self.reach = threshold if self.counting else 0.0
+        self._expand(self.reach)
+
+    def _combine(self, bounds) -> np.ndarray:
+        """bounds(rank) -> (b,) bounds of the rank-th nearest query sample -> the closest-pair bound,
+        infinite where fewer than `needed` query samples are within the threshold (see the class
+        docstring)."""
+        closest = bounds(1)
+        if self.needed > 1:
+            closest = np.where(bounds(self.needed) > self.threshold, math.inf, closest)
+        return closest
+
+    def within_reach_share(self) -> float:
+        """The share of the segment's questions in blocks whose bound is within the threshold (0 when
+        every question qualifies: only the limit prunes then)."""
+        end = int(np.searchsorted(self.block_sorted, self.reach, side="right"))
+        samples = self.structure.block_samples[self.block_ids[:end]]
+        return float(samples.sum()) / max(1, self.segment.size * self.segment.samples_per_item)
+
+    def bound(self) -> float:
+        group = self.group_sorted[self.group_next] if self.group_next < len(self.group_sorted) else math.inf
+        block = self.block_sorted[self.block_next] if self.block_next < len(self.block_sorted) else math.inf
+        return float(min(group, block))
+
+    def _expand(self, reach: float) -> None:
+        """Bound the blocks of every unexpanded group whose bound is <= reach (at least the next one)."""
+        start = self.group_next
+        if start >= len(self.group_sorted) or self.group_sorted[start] == math.inf:
+            self.group_next = len(self.group_sorted)
+            return
+        end = max(start + 1, int(np.searchsorted(self.group_sorted, reach, side="right")))
+        self.group_next = end
+        groups = self.group_order[start:end]
+        partition = self.segment.partition
+        counts = self.structure.group_blocks[groups]
+        total = int(counts.sum())
+        if total == 0:
+            return
+        first = partition.group_offsets[groups]
+        blocks = np.arange(total, dtype=np.int64) + np.repeat(first - (np.cumsum(counts) - counts), counts)
+        search, norms = self.query.search, self.query.norms
+        if total >= self.ALL_BLOCKS_SHARE * partition.block_count:
+            bounds = self._combine(lambda rank: self.structure.blocks(search, norms, rank=rank)[blocks])
+        else:
+            bounds = self._combine(lambda rank: self.structure.blocks(search, norms, blocks, rank))
+        # A block's codes are its group's too: the group's bound holds for them as well.
+        bounds = np.maximum(bounds, np.repeat(self.group_sorted[start:end], counts))
+        ids = np.concatenate([self.block_ids[self.block_next :], blocks])
+        all_bounds = np.concatenate([self.block_sorted[self.block_next :], bounds])
+        order = np.argsort(all_bounds, kind="stable")
+        self.block_ids, self.block_sorted, self.block_next = ids[order], all_bounds[order], 0
+
+    def emit(self, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
+        while self.group_next < len(self.group_sorted):
+            group = self.group_sorted[self.group_next]
+            block = self.block_sorted[self.block_next] if self.block_next < len(self.block_sorted) else math.inf
+            if group > cutoff or group > block:
+                break
+            # Everything within a finite cutoff at once; while unbounded, the nearest group only.
+            self._expand(cutoff if not math.isinf(cutoff) else group)
+        start = self.block_next
+        end = int(np.searchsorted(self.block_sorted[start:], cutoff, side="right")) + start
+        if end == start:
+            return EMPTY_ROWS, EMPTY_BOUNDS  # only groups were expanded: the bound has moved
+        samples = np.cumsum(self.structure.block_samples[self.block_ids[start:end]])
+        end = start + max(1, int(np.searchsorted(samples, self.budget, side="right")))
+        self.block_next = end
+        self.budget = min(2 * self.budget, self.MAX_WAVE_SAMPLES)
+        return self._read(np.sort(self.block_ids[start:end]), cutoff)
+
+    def _read(self, blocks: np.ndarray, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
+        """Read sorted blocks: bounds of their questions from float32 squared distances (the SIMD
+        kernel, from differences; its error is within the slack). With question caps (cosine),
+        the questions are bounded by their caps first and only those within the cutoff are read:
+        the cutoff never grows during a search (it is the threshold, then the limit-th distance
+        found so far, across segments too), so a question beyond it now can never matter."""
+        segment = self.segment
+        offsets, k = segment.partition.offsets, segment.samples_per_item
+        breaks = np.flatnonzero(np.diff(blocks) != 1) + 1
+        run_starts = offsets[blocks[np.concatenate([[0], breaks])]]
+        run_ends = offsets[blocks[np.concatenate([breaks, [len(blocks)]]) - 1] + 1]
+        lengths = run_ends - run_starts
+        rows = np.arange(lengths.sum(), dtype=np.int64) + np.repeat(run_starts - (np.cumsum(lengths) - lengths), lengths)
+        search_t = self.query.search.T
+        spans = list(zip(run_starts.tolist(), run_ends.tolist(), strict=True))
+        caps = self.structure.question_caps
+        floor = None
+        if self.skip is not None:
+            fresh = ~self.skip[rows]
+            if not fresh.all():
+                rows = rows[fresh]
+                spans = None
+                if not len(rows):
+                    return EMPTY_ROWS, EMPTY_BOUNDS
+        if caps is not None and not math.isinf(cutoff):
+            directions = caps.directions
+            if spans is None:
+                dots = directions[rows] @ search_t
+            elif len(spans) == 1:
+                dots = directions[spans[0][0] : spans[0][1]] @ search_t
+            else:
+                dots = np.concatenate([directions[a:b] @ search_t for a, b in spans])
+            norms = self.query.norms
+            floor = self._combine(
+                lambda rank: caps.bounds_from_dots(dots, norms, self.errors, self.structure.representation_error, rows, rank)
+            )
+            near = floor <= cutoff
+            if not near.all():
+                rows, floor, spans = rows[near], floor[near], None
+            if not len(rows):
+                return EMPTY_ROWS, EMPTY_BOUNDS
+        search = self.query.search
+        if spans is None:
+            samples = segment.vectors[rows].reshape(len(rows) * k, segment.vectors.shape[-1])
+            squared = squared_distances(search, samples)  # (Kq, samples)
+        elif len(spans) == 1:
+            squared = squared_distances(search, segment.flat_vectors[spans[0][0] * k : spans[0][1] * k])
+        else:
+            vectors = segment.flat_vectors
+            squared = np.concatenate([squared_distances(search, vectors[a * k : b * k]) for a, b in spans], axis=1)
+        slack = self.errors.squared_slack(self.query.norms, segment.partition.max_norms[blocks].max())
+        bounds = question_lower_bounds(squared, k, slack, self.geometry)
+        if floor is not None:
+            bounds = np.maximum(bounds, floor)  # both are lower bounds
+        if self.counting:
+            limit = _float32_at_least(self.pair_limit + float(slack.max()))
+            within = (squared <= limit).sum(axis=0, dtype=np.int16)
+            keep = within.reshape(-1, k).sum(axis=1) >= self.min_pairs
+            rows, bounds = rows[keep], bounds[keep]
+        return rows, bounds
+
+
+def _float32_at_least(value: float) -> np.float32:
+    """The smallest float32 >= value (so a float32 comparison with it never drops what value keeps)."""
+    rounded = np.float32(value)
+    return rounded if float(rounded) >= value else np.nextafter(rounded, np.float32(np.inf))
+
+
+class LegacyBlockSource:
+    """The previous block search (strategy 'legacy-blocks', kept for A/B benchmarks): blocks in
+    (roughly) increasing ball bound, groups expanded lazily one heap pop at a time, each run of
+    blocks read by the SIMD kernel once per query sample.
 
     A min-heap holds unexpanded groups (keyed by the group's ball bound) and expanded groups
     (keyed by the bound of their next unread block; their blocks sorted by bound). The heap top

@@ -1,7 +1,8 @@
 """Hypothesis strategies for index tests: small collections full of the cases that break bounds.
 
 Codes come in styles that make boundaries likely: small integers (exact ties, duplicates, zero
-vectors for cosine), clustered floats (many near neighbours), copies and 1-ulp nudges of stored
+vectors for cosine), clustered floats (many near neighbours), directions at tiny angles and their
+antipodes at any magnitude (cosine caps of almost no width), copies and 1-ulp nudges of stored
 codes. Thresholds are often an exact pair distance of the reference, or its float neighbour.
 """
 
@@ -34,6 +35,15 @@ class Collection:
 
 
 def make_codes(rng: np.random.Generator, style: str, shape: tuple[int, ...]) -> np.ndarray:
+    if style == "directions":
+        # A few directions with codes at tiny angles around them (caps of almost no width, cosines
+        # within float error of 1), some of them reversed (antipodes: cosine distance ~2), at
+        # magnitudes from 1e-30 to 1e12 (the cosine metric ignores them, float32 arithmetic does not).
+        centres = rng.standard_normal((3, shape[-1]))
+        picks = centres[rng.integers(0, 3, size=shape[:-1])] * rng.choice([1.0, -1.0], size=(*shape[:-1], 1))
+        spread = rng.choice([0.0, 1e-7, 1e-4, 1e-2])
+        magnitude = 10.0 ** rng.integers(-30, 13, size=(*shape[:-1], 1))
+        return ((picks + rng.normal(0, spread, size=shape)) * magnitude).astype(np.float32)
     if style == "integers":
         return rng.integers(-2, 3, size=shape).astype(np.float32)
     if style == "clustered":
@@ -56,13 +66,18 @@ def with_copies(rng: np.random.Generator, codes: np.ndarray, pool: np.ndarray) -
     return out
 
 
+STYLES = ("integers", "floats", "clustered")
+# With codes at tiny angles, antipodes and extreme magnitudes (the index's own bounds are tested on them).
+ALL_STYLES = (*STYLES, "directions")
+
+
 @st.composite
-def collections(draw, max_questions: int = 40, max_queries: int = 3) -> Collection:
+def collections(draw, max_questions: int = 40, max_queries: int = 3, styles: tuple[str, ...] = STYLES) -> Collection:
     samples = draw(st.integers(1, 6), label="K")
     query_samples = draw(st.integers(1, 6), label="Kq")
     dim = draw(st.integers(1, 16), label="dim")
     metric = draw(st.sampled_from(METRICS), label="metric")
-    style = draw(st.sampled_from(["integers", "floats", "clustered"]), label="style")
+    style = draw(st.sampled_from(styles), label="style")
     n = draw(st.integers(0, max_questions), label="questions")
     nq = draw(st.integers(1, max_queries), label="queries")
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1), label="seed"))
@@ -92,9 +107,10 @@ def thresholds(draw, collection: Collection) -> float:
 # Index configurations that exercise every candidate path on tiny data.
 index_options = st.one_of(
     st.fixed_dictionaries({
-        "strategy": st.just("blocks"),
+        "strategy": st.sampled_from(["blocks", "blocks", "legacy-blocks"]),
         "cluster_min_questions": st.sampled_from([1, 8, 4096]),
         "block_questions": st.integers(1, 6),
+        "group_factor": st.sampled_from([1, 4]),
     }),
     st.fixed_dictionaries({"strategy": st.just("knn"), "knn_max_k": st.integers(1, 12)}),
 )

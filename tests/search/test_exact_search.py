@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 
 from app.search import Match, SimilarityIndex
 from app.search.reference import brute_force_search
-from tests.search.cases import collections, expected, index_options, new_index, thresholds
+from tests.search.cases import ALL_STYLES, collections, expected, index_options, new_index, thresholds
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @FAST
-@given(data=st.data(), collection=collections(), options=index_options)
+@given(data=st.data(), collection=collections(styles=ALL_STYLES), options=index_options)
 def test_search_equals_the_reference(data, collection, options):
     index = new_index(collection, **options)
     index.add(collection.ids, collection.codes)
@@ -30,7 +30,7 @@ def test_search_equals_the_reference(data, collection, options):
 
 
 @FAST
-@given(collection=collections(max_questions=60), options=index_options, limit=st.integers(1, 15))
+@given(collection=collections(max_questions=60, styles=ALL_STYLES), options=index_options, limit=st.integers(1, 15))
 def test_infinite_threshold_ranks_the_nearest_questions(collection, options, limit):
     index = new_index(collection, **options)
     index.add(collection.ids, collection.codes)
@@ -39,7 +39,7 @@ def test_infinite_threshold_ranks_the_nearest_questions(collection, options, lim
 
 
 @FAST
-@given(data=st.data(), collection=collections(max_queries=6))
+@given(data=st.data(), collection=collections(max_queries=6, styles=ALL_STYLES))
 def test_batched_dense_scans_equal_the_reference(data, collection):
     """Batches on segments the partition cannot prune are scanned by GEMM; here every batch is."""
     with patch.multiple("app.search.index", DENSE_MIN_QUERIES=1, DENSE_MIN_QUESTIONS=1, DENSE_MIN_READ_FRACTION=0.0):

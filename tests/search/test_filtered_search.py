@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.search.reference import brute_force_search
-from tests.search.cases import collections, index_options, new_index, thresholds
+from tests.search.cases import ALL_STYLES, collections, index_options, new_index, thresholds
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -32,7 +32,7 @@ def reference(collection, keep: np.ndarray, threshold, min_pairs, limit):
 @FAST
 @given(
     data=st.data(),
-    collection=collections(max_questions=60),
+    collection=collections(max_questions=60, styles=ALL_STYLES),
     options=index_options,
     path=st.sampled_from(["subset", "masked", "auto"]),
 )
