@@ -133,7 +133,12 @@ def run_size(shape_name: str, size: int, kinds: list[str], args) -> list[Row]:
             print(format_row(row), flush=True)
             continue
         row = Row(shape_name, size, kind)
-        index = SimilarityIndex(DIM, SAMPLES, "l2", kind, device=args.device, model_id="benchmark", approximate_min_questions=1)
+        options = {"strategy": args.strategy} if kind == "exact" else {}
+        if args.strategy == "legacy-blocks" and kind == "exact":
+            options |= {"block_questions": 48, "group_factor": 1}  # the partition it was designed with
+        index = SimilarityIndex(
+            DIM, SAMPLES, "l2", kind, device=args.device, model_id="benchmark", approximate_min_questions=1, **options
+        )
         row.build_s = timed(lambda index=index: index.add(ids, codes))
         row.bytes_per_question = index.memory_bytes() / size
         if kind == "exact":
@@ -202,6 +207,10 @@ def main(argv: list[str] | None = None) -> None:
         help="largest size for approximate kinds (an HNSW build of 5M samples takes hours on 2 cores)",
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--strategy", default="auto", choices=["auto", "blocks", "knn", "legacy-blocks"],
+        help="how the exact kind finds candidates ('legacy-blocks': the previous block search and partition, for A/B)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     sizes = [parse_size(s) for s in args.sizes.split(",")]
