@@ -432,23 +432,7 @@ class SimilarityIndex:
         return segment
 
     def _validate_write(self, upsert_ids, upsert_codes, remove_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if (upsert_ids is None) != (upsert_codes is None):
-            raise ValueError("upsert_ids and upsert_codes go together: give both or neither")
-        upserts = _as_ids("upsert_ids", upsert_ids) if upsert_ids is not None else np.empty(0, dtype=np.int64)
-        removals = _as_ids("remove_ids", remove_ids) if remove_ids is not None else np.empty(0, dtype=np.int64)
-        codes = None
-        if upsert_codes is not None:
-            codes = _as_codes("upsert_codes", upsert_codes, self.dim, self.samples_per_item)
-            if len(codes) != len(upserts):
-                raise ValueError(f"{len(upserts)} upsert_ids but {len(codes)} rows of upsert_codes")
-        for name, ids in (("upsert_ids", upserts), ("remove_ids", removals)):
-            values, counts = np.unique(ids, return_counts=True)
-            if (counts > 1).any():
-                raise ValueError(f"{name} repeats ids {values[counts > 1][:5].tolist()} (one entry per id per call)")
-        both = np.intersect1d(upserts, removals)
-        if len(both):
-            raise ValueError(f"ids {both[:5].tolist()} are both upserted and removed in one call")
-        return upserts, codes, removals
+        return validated_write(upsert_ids, upsert_codes, remove_ids, self.dim, self.samples_per_item)
 
     def _publish(self, views: list[SegmentView], revision: int | None) -> None:
         views.sort(key=lambda view: -view.live_count)
@@ -648,3 +632,26 @@ def _as_codes(name: str, codes, dim: int, samples: int | None) -> np.ndarray:
             f"{MAX_ABS_CODE:g} in absolute value (after conversion to float32)"
         )
     return array
+
+
+def validated_write(upsert_ids, upsert_codes, remove_ids, dim: int, samples_per_item: int):
+    """The arguments of a write (any index backend) checked and converted: upserts (n,) int64,
+    codes (n, K, D) float32 or None, removals (m,) int64. ValueError naming what is wrong: ids and
+    codes not given together, repeated ids, an id both upserted and removed."""
+    if (upsert_ids is None) != (upsert_codes is None):
+        raise ValueError("upsert_ids and upsert_codes go together: give both or neither")
+    upserts = _as_ids("upsert_ids", upsert_ids) if upsert_ids is not None else np.empty(0, dtype=np.int64)
+    removals = _as_ids("remove_ids", remove_ids) if remove_ids is not None else np.empty(0, dtype=np.int64)
+    codes = None
+    if upsert_codes is not None:
+        codes = _as_codes("upsert_codes", upsert_codes, dim, samples_per_item)
+        if len(codes) != len(upserts):
+            raise ValueError(f"{len(upserts)} upsert_ids but {len(codes)} rows of upsert_codes")
+    for name, ids in (("upsert_ids", upserts), ("remove_ids", removals)):
+        values, counts = np.unique(ids, return_counts=True)
+        if (counts > 1).any():
+            raise ValueError(f"{name} repeats ids {values[counts > 1][:5].tolist()} (one entry per id per call)")
+    both = np.intersect1d(upserts, removals)
+    if len(both):
+        raise ValueError(f"ids {both[:5].tolist()} are both upserted and removed in one call")
+    return upserts, codes, removals

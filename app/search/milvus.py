@@ -79,6 +79,7 @@ from app.search.index import (
     _non_negative_int,
     _positive_int,
     _revision,
+    validated_write,
 )
 from app.search.reference import METRICS, Match, brute_force_search, order_matches, pair_distances
 from app.search.refine import Rule
@@ -578,26 +579,12 @@ class MilvusIndex:
         self._apply(None, None, None, revision, None)
 
     def _validate_write(self, upsert_ids, upsert_codes, remove_ids):
-        if (upsert_ids is None) != (upsert_codes is None):
-            raise ValueError("upsert_ids and upsert_codes go together: give both or neither")
-        upserts = _as_ids("upsert_ids", upsert_ids) if upsert_ids is not None else np.empty(0, dtype=np.int64)
-        removals = _as_ids("remove_ids", remove_ids) if remove_ids is not None else np.empty(0, dtype=np.int64)
-        codes = None
-        if upsert_codes is not None:
-            codes = _as_codes("upsert_codes", upsert_codes, self.dim, self.samples_per_item)
-            if len(codes) != len(upserts):
-                raise ValueError(f"{len(upserts)} upsert_ids but {len(codes)} rows of upsert_codes")
-        for name, ids in (("upsert_ids", upserts), ("remove_ids", removals)):
-            values, counts = np.unique(ids, return_counts=True)
-            if (counts > 1).any():
-                raise ValueError(f"{name} repeats ids {values[counts > 1][:5].tolist()} (one entry per id per call)")
-            bad = [int(i) for i in ids.tolist() if not self._id_in_range(int(i))]
-            if bad and name == "upsert_ids":
-                raise ValueError(f"{name} {bad[:5]} are outside the range a Milvus primary key id*K+s can hold")
+        upserts, codes, removals = validated_write(upsert_ids, upsert_codes, remove_ids, self.dim, self.samples_per_item)
+        bad = [int(i) for i in upserts.tolist() if not self._id_in_range(int(i))]
+        if bad:
+            raise ValueError(f"upsert_ids {bad[:5]} are outside the range a Milvus primary key id*K+s can hold")
+        # An id no primary key can hold is not stored: removing it removes nothing.
         removals = np.asarray([i for i in removals.tolist() if self._id_in_range(int(i))], dtype=np.int64)
-        both = np.intersect1d(upserts, removals)
-        if len(both):
-            raise ValueError(f"ids {both[:5].tolist()} are both upserted and removed in one call")
         return upserts, codes, removals
 
     def _id_in_range(self, qid: int) -> bool:
