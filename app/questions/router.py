@@ -100,8 +100,8 @@ async def similar(body: SimilarBody, questions: QuestionsDep) -> SimilarResponse
 
 
 @router.post("/similar/batch", response_model=SimilarBatchResponse, summary="Similar questions for many")
-def similar_batch(body: SimilarBatchBody, questions: QuestionsDep) -> SimilarBatchResponse:
-    answers = questions.similar_many([_query(text, body) for text in body.questions])
+async def similar_batch(body: SimilarBatchBody, questions: QuestionsDep) -> SimilarBatchResponse:
+    answers = await questions.similar_many_async([_query(text, body) for text in body.questions])
     return SimilarBatchResponse(
         threshold=answers[0].threshold,
         min_pairs=answers[0].min_pairs,
@@ -116,9 +116,9 @@ def similar_batch(body: SimilarBatchBody, questions: QuestionsDep) -> SimilarBat
 
 
 @router.post("/encode", response_model=EncodeResponse, summary="The latent codes of a question")
-def encode(body: EncodeBody, questions: QuestionsDep) -> EncodeResponse:
+async def encode(body: EncodeBody, questions: QuestionsDep) -> EncodeResponse:
     """Exactly the codes the index holds for this text (sampling is deterministic per question)."""
-    model, encoded = questions.encode(body.question)
+    model, encoded = await questions.encode_async(body.question)
     return EncodeResponse(
         question=body.question,
         model=_model(model),

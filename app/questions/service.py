@@ -91,14 +91,8 @@ class QuestionService:
     async def similar_many_async(self, queries: Sequence[SearchQuery]) -> list[SearchAnswer]:
         return await self.searches.similar_many_async(queries)
 
-    def similar_many(self, queries: Sequence[SearchQuery]) -> list[SearchAnswer]:
-        return self.searches.similar_many(queries)
-
     async def encode_async(self, text: str) -> tuple[ModelSummary, Encoded]:
         return await self.searches.encode_async(text)
-
-    def encode(self, text: str) -> tuple[ModelSummary, Encoded]:
-        return self.searches.encode(text)
 
     # ------------------------------------------------------------------ reads
 

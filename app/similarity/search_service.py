@@ -295,23 +295,15 @@ class SearchService:
         answers = await self.executor.submit_async(_Search(tuple(queries)), timeout=self.timeout, weight=len(queries))
         return self._raise_invalid(answers)
 
-    def similar_many(self, queries: Sequence[SearchQuery]) -> list[SearchAnswer]:
-        self._wait_until_loaded(self.load_wait)
-        answers = self.executor.submit(_Search(tuple(queries)), timeout=self.timeout, weight=len(queries))
-        return self._raise_invalid(answers)
-
     async def encode_async(self, text: str) -> tuple[ModelSummary, Encoded]:
         await self._loaded_async()
         return await self.executor.submit_async(_Call(lambda state: _encode(state, text)), timeout=self.timeout)
 
-    def encode(self, text: str) -> tuple[ModelSummary, Encoded]:
-        return self.call(lambda state: _encode(state, text))
-
-    def call(self, work: Callable[[SearchState], Any], weight: int = 1) -> Any:
+    def call(self, work: Callable[[SearchState], Any]) -> Any:
         """Runs `work(live state)` on the executor, in turn with searches (the desk page's
         explanations): bounded and timed like them."""
         self._wait_until_loaded(self.load_wait)
-        return self.executor.submit(_Call(work), timeout=self.timeout, weight=weight)
+        return self.executor.submit(_Call(work), timeout=self.timeout)
 
 
 def _encode(state: SearchState, text: str) -> tuple[ModelSummary, Encoded]:
