@@ -118,30 +118,28 @@ class ServiceStateRepository:
         with self.db.writing() as session:
             session.execute(delete(ServiceState).where(ServiceState.key == REPLICA_PREFIX + replica_id))
 
-    def live_replicas(self, within_seconds: float) -> list[ReplicaProgress]:
-        """The replicas that reported in the last `within_seconds` seconds."""
+    def _replicas(self) -> list[ReplicaProgress]:
         with self.db.reading() as session:
             rows = session.execute(
                 select(ServiceState.key, ServiceState.value).where(ServiceState.key.startswith(REPLICA_PREFIX))
             ).all()
-        now = time.time()
         replicas = []
         for key, value in rows:
             record = json.loads(value)
-            if now - float(record["seen_at"]) <= within_seconds:
-                replicas.append(
-                    ReplicaProgress(key[len(REPLICA_PREFIX):], int(record["revision"]), int(record["generation"]),
-                                    float(record["seen_at"]))
-                )
+            replicas.append(
+                ReplicaProgress(key[len(REPLICA_PREFIX):], int(record["revision"]), int(record["generation"]),
+                                float(record["seen_at"]))
+            )
         return replicas
+
+    def live_replicas(self, within_seconds: float) -> list[ReplicaProgress]:
+        """The replicas that reported in the last `within_seconds` seconds."""
+        now = time.time()
+        return [replica for replica in self._replicas() if now - replica.seen_at <= within_seconds]
 
     def forget_stale_replicas(self, older_than_seconds: float) -> int:
         cutoff = time.time() - older_than_seconds
-        with self.db.reading() as session:
-            rows = session.execute(
-                select(ServiceState.key, ServiceState.value).where(ServiceState.key.startswith(REPLICA_PREFIX))
-            ).all()
-        stale = [key for key, value in rows if float(json.loads(value)["seen_at"]) < cutoff]
+        stale = [REPLICA_PREFIX + replica.replica_id for replica in self._replicas() if replica.seen_at < cutoff]
         if stale:
             with self.db.writing() as session:
                 session.execute(delete(ServiceState).where(ServiceState.key.in_(stale)))

@@ -38,7 +38,7 @@ from app.model.encoder import QuestionEncoder
 from app.questions import repository
 from app.questions.models import CHANGE_DELETE, CHANGE_META, CHANGE_UPSERT
 from app.similarity.catalog import CatalogEntry
-from app.similarity.state import Progress, SearchState, StateBuilder
+from app.similarity.state import SearchState, StateBuilder
 
 logger = logging.getLogger(__name__)
 
@@ -114,13 +114,14 @@ class ChangeApplier:
             "loaded": state is not None, "database": self._database_error or "ok", "index_backend": self.builder.backend,
         }
         if state is not None:
+            revision = state.revision  # the Milvus index reads it from the collection
             report.update(
                 model=state.encoder.name,
                 model_id=state.encoder.model_id,
                 model_generation=state.generation,
                 questions=len(state.index),
-                revision=state.revision,
-                pending_changes=max(0, self._database_revision - state.revision),
+                revision=revision,
+                pending_changes=max(0, self._database_revision - revision),
                 device=state.index.device,
                 index_kind=state.index.kind,
             )
@@ -289,7 +290,7 @@ class ChangeApplier:
 
     # ------------------------------------------------------------------ reindex
 
-    def switch(self, new_state: SearchState, activate: Path | None = None, progress: Progress | None = None) -> SearchState:
+    def switch(self, new_state: SearchState, activate: Path | None = None) -> SearchState:
         """Makes a freshly built state live after replaying the changes made while it was built, and
         saves it. With `activate` (its model directory), records it as the model every worker serves
         (a new generation) and waits until the other live workers follow."""
@@ -299,16 +300,14 @@ class ChangeApplier:
             activate = Path(self.service_state.active_model(self.settings.model_dir).path)
         if activate is not None:
             self.save_state(new_state)  # before the switch is recorded: followers load it instead of building
-        previous = None
         with self._write_lock:
             catch_up(self.db, new_state)
             previous = self.builder.publish(new_state)
             if activate is not None:
-                active = self.service_state.activate_model(activate, self.settings.model_dir)
-                new_state = dataclasses.replace(new_state, generation=active.generation)
+                generation = self.service_state.activate_model(activate, self.settings.model_dir).generation
             else:
-                new_state = dataclasses.replace(new_state, generation=self.state.generation)
-            catch_up(self.db, new_state)
+                generation = self.state.generation
+            new_state = dataclasses.replace(new_state, generation=generation)  # the same index and catalog
             self._publish(new_state)
         self._report(new_state, force=True)
         self.save()

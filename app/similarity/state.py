@@ -13,6 +13,7 @@ whole new state while the live one keeps serving.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,12 +93,12 @@ class StateBuilder:
         """One Milvus client per process, connected at first use; IndexBackendUnavailable naming the
         URI when Milvus does not answer."""
         if self._milvus is None:
-            try:
-                from app.search.milvus import connect
-            except ImportError as error:
+            from app.search.milvus import connect  # imports pymilvus only to connect
+
+            if not self._milvus_installed():
                 raise IndexBackendUnavailable(
-                    f"QSIM_INDEX_BACKEND=milvus needs pymilvus and milvus-lite: pip install 'qsim[milvus]' ({error})"
-                ) from None
+                    "QSIM_INDEX_BACKEND=milvus needs pymilvus and milvus-lite: pip install 'qsim[milvus]'"
+                )
             token = self.settings.milvus_token.get_secret_value() if self.settings.milvus_token else None
             if str(self.settings.milvus_uri).endswith(".db"):
                 Path(self.settings.milvus_uri).parent.mkdir(parents=True, exist_ok=True)
@@ -113,11 +114,15 @@ class StateBuilder:
 
     def backend_errors(self) -> tuple[type[BaseException], ...]:
         """What the backend raises when it does not answer (searches then get 503, not 500)."""
-        if self.backend != "milvus":
-            return ()
+        if self.backend != "milvus" or not self._milvus_installed():
+            return ()  # without pymilvus the start stops at check_backend, saying so
         from pymilvus.exceptions import MilvusException
 
         return (MilvusException,)
+
+    @staticmethod
+    def _milvus_installed() -> bool:
+        return importlib.util.find_spec("pymilvus") is not None
 
     def check_backend(self) -> None:
         """At start-up: the configured backend can serve (a clear error now, never a silent fallback)."""
