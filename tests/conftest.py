@@ -66,6 +66,13 @@ def tiny_corpus_file(tiny_corpus_rows, tmp_path_factory) -> Path:
     return path
 
 
+def require_milvus() -> None:
+    """Skips the calling test (or, called at module level, the module) unless the milvus extra is
+    installed: pymilvus, and embedded milvus-lite, which the tests run on."""
+    pytest.importorskip("pymilvus", reason="the Milvus backend's tests need the milvus extra (pip install 'qsim[milvus]')")
+    pytest.importorskip("milvus_lite", reason="the Milvus backend's tests need milvus-lite (pip install 'qsim[milvus]')")
+
+
 @pytest.fixture(scope="session")
 def tiny_settings():
     from app.model.config import ModelSettings

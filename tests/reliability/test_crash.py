@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from app.search import IndexFileError, SimilarityIndex
+from tests.conftest import require_milvus
 from tests.reliability.service_process import ServiceProcess, service_env
 
 LONG = os.environ.get("QSIM_LONG_TESTS") == "1"
@@ -74,11 +75,6 @@ def assert_saved_index_loads(index_dir) -> None:
             raise AssertionError(f"torn index after kill -9: {error}") from None
 
 
-def milvus_or_skip() -> None:
-    pytest.importorskip("pymilvus", reason="the Milvus backend's tests need the milvus extra (pip install 'qsim[milvus]')")
-    pytest.importorskip("milvus_lite", reason="the Milvus backend's tests need milvus-lite (pip install 'qsim[milvus]')")
-
-
 @pytest.mark.parametrize(
     ("operation", "backend"),
     [("bulk import", "faiss"), ("reindex", "faiss"), ("index save", "faiss"), ("bulk import", "milvus"), ("reindex", "milvus")],
@@ -88,7 +84,7 @@ def test_kill_9_loses_nothing_acknowledged_and_tears_nothing(operation, backend,
     rng = random.Random(f"{operation}/{trial}")
     backend_settings = {}
     if backend == "milvus":
-        milvus_or_skip()
+        require_milvus()
         backend_settings = {"index_backend": "milvus", "milvus_uri": str(tmp_path / "milvus" / "qsim.db")}
     # Saves as often as possible in the "index save" trials, so a kill lands in the middle of one.
     env = service_env(

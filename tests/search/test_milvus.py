@@ -15,8 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-pytest.importorskip("pymilvus", reason="the Milvus backend needs pymilvus: pip install 'qsim[milvus]'")
-pytest.importorskip("milvus_lite", reason="the Milvus tests run on embedded milvus-lite: pip install 'qsim[milvus]'")
+from tests.conftest import require_milvus
+
+require_milvus()
 
 from app.search import IndexFileError, Match  # noqa: E402
 from app.search.milvus import (  # noqa: E402

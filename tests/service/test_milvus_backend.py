@@ -12,8 +12,9 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-pytest.importorskip("pymilvus", reason="the Milvus backend's tests need the milvus extra (pip install 'qsim[milvus]')")
-pytest.importorskip("milvus_lite", reason="the Milvus backend's tests need milvus-lite (pip install 'qsim[milvus]')")
+from tests.conftest import require_milvus
+
+require_milvus()
 
 from app.core.migrations import upgrade_to_head  # noqa: E402
 from app.main import create_app  # noqa: E402
