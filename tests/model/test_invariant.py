@@ -1,4 +1,4 @@
-"""The float32 path (`sampling.precision: "float32"`, app/model/modules/invariant.py): a question's
+"""The float32 path (`sampling.precision: "float32"`, the default; app/model/modules/invariant.py): a question's
 mean, scale and codes are bitwise the same whatever batch it is encoded in (alone, with 1 or 255
 others, at any position, beside neighbours of any length, in any chunking, on 1 or 2 threads), and
 they are the function the trained float64 modules compute, to float32 accuracy."""
@@ -43,11 +43,11 @@ class threads:
         torch.set_num_threads(self.before)
 
 
-def float32_copy(model_dir: Path, target: Path) -> Path:
-    """A copy of an artifact whose config asks for float32 (so another model id)."""
+def precision_copy(model_dir: Path, target: Path, precision: str) -> Path:
+    """A copy of an artifact whose config asks for `precision` (so another model id)."""
     shutil.copytree(model_dir, target)
     config = json.loads((target / CONFIG_FILE).read_text())
-    config["settings"]["sampling"]["precision"] = "float32"
+    config["settings"]["sampling"]["precision"] = precision
     config["model_id"] = compute_model_id(config["files"], ModelSettings.model_validate(config["settings"]))
     (target / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return target
@@ -82,13 +82,15 @@ def alone_results(encoder: QuestionEncoder, texts: list[str], k: int) -> dict[st
 
 
 @pytest.fixture(scope="module")
-def tiny_float32_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    return float32_copy(tiny_model_dir, tmp_path_factory.mktemp("float32") / "tiny-float32")
+def tiny_float32(tiny_encoder) -> QuestionEncoder:
+    """The tiny model as trained: float32 is the trainer's default."""
+    assert tiny_encoder.artifact.settings.sampling.precision == "float32"
+    return tiny_encoder
 
 
 @pytest.fixture(scope="module")
-def tiny_float32(tiny_float32_dir) -> QuestionEncoder:
-    return QuestionEncoder.load(tiny_float32_dir)
+def tiny_float64(tiny_model_dir, tmp_path_factory) -> QuestionEncoder:
+    return QuestionEncoder.load(precision_copy(tiny_model_dir, tmp_path_factory.mktemp("float64") / "tiny-float64", "float64"))
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +112,9 @@ def tiny_alone(tiny_float32, tiny_pool) -> dict[int, dict[str, tuple]]:
     return {1: one, 2: two}
 
 
-def test_float32_is_its_own_model_and_runs_the_invariant_path(tiny_float32, tiny_encoder):
-    assert tiny_float32.model_id != tiny_encoder.model_id  # the precision is part of the identity
-    assert tiny_float32._invariant is not None and tiny_encoder._invariant is None
+def test_float32_is_its_own_model_and_runs_the_invariant_path(tiny_float32, tiny_float64):
+    assert tiny_float32.model_id != tiny_float64.model_id  # the precision is part of the identity
+    assert tiny_float32._invariant is not None and tiny_float64._invariant is None
     encoded = tiny_float32.encode(["where is my card?", "I lost my card"], k=5)
     assert encoded.mean.dtype == encoded.scale.dtype == encoded.samples.dtype == np.float32
     assert encoded.samples.shape == (2, 5, tiny_float32.latent_dim)
@@ -163,12 +165,12 @@ def test_any_number_of_codes(tiny_float32, tiny_pool, k):
         assert encoded.mean[row].tobytes() == mean and encoded.samples[row].tobytes() == samples, (k, row)
 
 
-def test_float32_codes_are_the_float64_codes_to_float32_accuracy(tiny_model_dir, tiny_encoder, tiny_pool):
+def test_float32_codes_are_the_float64_codes_to_float32_accuracy(tiny_model_dir, tiny_float32, tiny_pool):
     artifact = load_artifact(tiny_model_dir)
-    artifact.settings.sampling.precision = "float32"  # same model id, so the same noise
-    float32 = QuestionEncoder(artifact)
+    artifact.settings.sampling.precision = "float64"  # same model id, so the same noise
+    float64 = QuestionEncoder(artifact)
     texts = tiny_pool[:120]
-    a, b = float32.encode(texts, k=5), tiny_encoder.encode(texts, k=5)
+    a, b = tiny_float32.encode(texts, k=5), float64.encode(texts, k=5)
     assert np.allclose(a.mean, b.mean, atol=2e-6, rtol=0)
     assert np.allclose(a.scale, b.scale, atol=2e-6, rtol=1e-5)
     assert np.allclose(a.samples, b.samples, atol=1e-5, rtol=0)
