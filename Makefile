@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 TORCH_PIP_ARGS ?=
 EXTRAS ?= cpu,eval,dev,milvus
 # The shipped default's epochs (the CLI default is 8; models/default/MODEL_CARD.md says why it differs).
-DEFAULT_EPOCHS ?= 4
+
 
 .PHONY: help install browser run serve test test-long lint bench bench-index bench-encoder bench-http bench-wrk wrk \
         evaluate train-default calibrate-default model-variants clean
@@ -104,7 +104,7 @@ calibrate-default: install  ## choose the shipped model's threshold on its BANKI
 
 train-default: $(BIN)/.teacher  ## retrain the shipped default model (the command in models/default/MODEL_CARD.md)
 	$(BIN)/qsim train --corpus data/banking77/train.csv --text-column text --label-column category \
-	    --transfer data/questions/transfer.txt --out models/default --seed 13 --epochs $(DEFAULT_EPOCHS)
+	    --transfer data/questions/transfer.txt --out models/default --seed 13
 
 model-variants: $(BIN)/.teacher  ## the recipe table of models/README.md (BANKING77 validation rows and SNIPS)
 	$(BIN)/python -m bench.recipes --baselines --only regression-init-augment --epochs 6

@@ -3,7 +3,7 @@
     python -m bench.model_index_bench [--model models/default] [--sizes 10000 100000] [--queries 200]
     python -m bench.model_index_bench --strategies blocks          # only the current search
     python -m bench.model_index_bench --cache var/bench-codes       # keep the encoded codes between runs
-    python -m bench.model_index_bench --threshold 0.1542 --min-pairs 5   # another rule than the calibrated one
+    python -m bench.model_index_bench --threshold 0.15 --min-pairs 5   # another rule than the calibrated one
 
 Stored questions are the BANKING77 training questions, repeated with a distinct suffix per copy
 beyond 10,003 (so every question has its own codes); queries are the test questions. Searches use

@@ -193,6 +193,9 @@ def _model_like(rng: np.random.Generator, questions: int, dim: int = 128, intent
     return (codes / np.linalg.norm(codes, axis=2, keepdims=True)).astype(np.float32)
 
 
+SHIPPED_THRESHOLD, SHIPPED_MIN_PAIRS = 0.1693592518568039, 8  # models/default's calibrated rule
+
+
 @pytest.mark.parametrize("strategy", ["blocks", "legacy-blocks"])
 def test_model_shaped_codes_at_the_shipped_rule_and_at_its_boundaries(strategy):
     rng = np.random.default_rng(2026)
@@ -211,17 +214,18 @@ def test_model_shaped_codes_at_the_shipped_rule_and_at_its_boundaries(strategy):
     ])
     for query in queries:
         distances = pair_distances(query, codes[live], "cosine").reshape(int(live.sum()), -1)
-        fifth = np.sort(distances, axis=1)[:, 4]
-        at = float(np.sort(fifth)[min(3, len(fifth) - 1)])  # the 4th question's 5th pair: ties at t
-        for threshold in (0.1542128026485443, at, float(np.nextafter(at, 0.0)), float(np.nextafter(at, 1.0))):
+        nth = np.sort(distances, axis=1)[:, SHIPPED_MIN_PAIRS - 1]
+        at = float(np.sort(nth)[min(3, len(nth) - 1)])  # the 4th question's n-th pair: ties at t
+        for threshold in (SHIPPED_THRESHOLD, at, float(np.nextafter(at, 0.0)), float(np.nextafter(at, 1.0))):
             for limit in (10, 10**6):
-                got = index.search(query[None], threshold=threshold, min_pairs=5, limit=limit)[0]
-                want = brute_force_search(query, ids[live], codes[live], threshold=threshold, min_pairs=5, limit=limit,
-                                          metric="cosine")
+                got = index.search(query[None], threshold=threshold, min_pairs=SHIPPED_MIN_PAIRS, limit=limit)[0]
+                want = brute_force_search(query, ids[live], codes[live], threshold=threshold,
+                                          min_pairs=SHIPPED_MIN_PAIRS, limit=limit, metric="cosine")
                 assert got == want
     # Batches take the same per-query sources (or the dense scan) and answer the same.
-    batch = index.search(queries, threshold=0.1542128026485443, min_pairs=5, limit=10)
-    assert batch == [index.search(q[None], threshold=0.1542128026485443, min_pairs=5, limit=10)[0] for q in queries]
+    rule = dict(threshold=SHIPPED_THRESHOLD, min_pairs=SHIPPED_MIN_PAIRS, limit=10)
+    batch = index.search(queries, **rule)
+    assert batch == [index.search(q[None], **rule)[0] for q in queries]
 
 
 def test_a_loaded_index_rebuilds_its_caps_and_answers_the_same(tmp_path):
