@@ -13,7 +13,8 @@ bench-wrk` installs it), alternating cell by cell (qsim, peer-t2, peer-t1, qsim,
   checkout as it is, or with `--qsim-rev REV` a `git archive` of that revision (a baseline on
   committed code while the checkout holds work in progress; the checkout is not touched). Several
   revisions (`--qsim-rev A B`) run as several services in the same rounds: before and after a change
-  under the same load.
+  under the same load. `--qsim-workers 1 2` runs each revision once per worker count as well
+  (QSIM_WORKERS; the default is one).
 - the peer, `bench/peer_service.py`: FastAPI + all-MiniLM-L6-v2 + faiss.IndexFlatIP over the same
   questions, one uvicorn worker (its corpus embeddings are cached, so only its first start ever
   encodes them). qsim keeps its default of one torch thread; the peer gets its best setting: by
@@ -270,8 +271,10 @@ def qsim_source(rev: str | None, tmp: Path, n: int) -> tuple[Path, dict]:
     return source, info
 
 
-def qsim_service(tmp: Path, port: int, source: Path, name: str) -> Service:
+def qsim_service(tmp: Path, port: int, source: Path, name: str, workers: int = 1) -> Service:
     env = {key: value for key, value in os.environ.items() if not key.startswith("QSIM_")}
+    if workers != 1:
+        env["QSIM_WORKERS"] = str(workers)
     env.update({
         # the source first on the path, ahead of the editable install of the checkout
         "PYTHONPATH": os.pathsep.join([str(source), *filter(None, [os.environ.get("PYTHONPATH")])]),
@@ -443,6 +446,9 @@ def main() -> int:
                         help="run qsim from this git revision (git archive into the temporary directory) instead "
                         "of the checkout as it is, e.g. HEAD while app/ has work in progress; several revisions run "
                         "side by side as qsim@REV")
+    parser.add_argument("--qsim-workers", type=int, nargs="+", default=[1],
+                        help="run each qsim revision with these worker counts (QSIM_WORKERS; default 1, the "
+                        "service's default): e.g. 1 2 adds a two-worker qsim beside the default one")
     parser.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for a service")
     parser.add_argument("--wrk", default=shutil.which("wrk"), help="the wrk binary (default: wrk on PATH)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
@@ -488,14 +494,16 @@ def main() -> int:
         qsims: list[Service] = []
         for n, rev in enumerate(revisions, 1):
             source, info = qsim_source(rev, tmp, n)
-            name = "qsim" if len(revisions) == 1 else f"qsim@{info['commit'][:7]}"
-            qsim = qsim_service(tmp, free_port(), source, re.sub(r"[^A-Za-z0-9@._-]", "_", name))
-            probe = probe_source(qsim)
-            info["app_imported_from"] = probe["app"]
-            qsim.ready_body.update(torch_threads=probe["torch_threads"], code=info)
-            log(f"{qsim.name} from {info['source']} {info.get('commit') or info.get('head')}: "
-                f"app imported from {probe['app']}")
-            qsims.append(qsim)
+            for workers in args.qsim_workers:
+                name = "qsim" if len(revisions) == 1 else f"qsim@{info['commit'][:7]}"
+                name += f"-w{workers}" if args.qsim_workers != [1] else ""
+                qsim = qsim_service(tmp, free_port(), source, re.sub(r"[^A-Za-z0-9@._-]", "_", name), workers)
+                probe = probe_source(qsim)
+                info["app_imported_from"] = probe["app"]
+                qsim.ready_body.update(torch_threads=probe["torch_threads"], code=info, workers=workers)
+                log(f"{qsim.name} from {info['source']} {info.get('commit') or info.get('head')}: "
+                    f"app imported from {probe['app']}")
+                qsims.append(qsim)
         peers = [peer_service(tmp, free_port(), n, args.peer_cache_dir) for n in peer_threads]
         services += [*qsims, *peers]
         bodies = tmp / "bodies.jsonl"
