@@ -56,6 +56,31 @@ RECIPES: dict[str, tuple[str, dict, bool]] = {
     "regression-init": ("+ subword embeddings from the teacher", {"training": {"augment": 0.0}}, False),
     "regression-init-augment": ("+ augmentation", {}, False),
     "teacher-full": ("+ transfer set (the default recipe)", {}, True),
+    "regression-only": (
+        "the default text-only recipe without the relational term",
+        {"training": {"teacher_weight": 0.0}},
+        False,
+    ),
+    "relational-warm": (
+        "the default text-only recipe, relational term at teacher/student temperature 0.1/0.2",
+        {"training": {"teacher_temperature": 0.1, "student_temperature": 0.2}},
+        False,
+    ),
+    "capacity-small": (
+        "the default text-only recipe, smaller: embeddings 128, BiLSTM 96, decoder 128",
+        {"architecture": {"embedding_dim": 128, "encoder_hidden": 96, "decoder_hidden": 128, "feature_size": 128}},
+        False,
+    ),
+    "label-heavier": (
+        "the default recipe with the transfer set, label term weight 60 (not 30), regression weight 10 (not 20)",
+        {"training": {"label_weight": 60.0, "teacher_regression_weight": 10.0}},
+        True,
+    ),
+    "capacity-large": (
+        "the default text-only recipe, larger: BiLSTM 256, decoder 384",
+        {"architecture": {"encoder_hidden": 256, "decoder_hidden": 384}},
+        False,
+    ),
 }
 
 
