@@ -285,13 +285,12 @@ class SimilarityIndex:
         if self.strategy != "blocks":
             return {}
         min_share = DENSE_MIN_READ_FRACTION if len(chunk) >= DENSE_MIN_QUERIES else DENSE_MIN_READ_FRACTION_SINGLE
-        pruning = None if rule.everything_qualifies else (rule.threshold, rule.min_pairs)
         sources = {}
         for view in snapshot.views:
             segment = view.segment
             if segment.approximate is not None or (skip and segment.name in skip):
                 continue
-            built = [BlockSource(segment, query, self._geometry, self._errors, rule=pruning) for query in chunk]
+            built = [BlockSource(segment, query, self._geometry, self._errors, rule=rule.pair_count_rule) for query in chunk]
             if segment.size >= DENSE_MIN_QUESTIONS and np.mean([s.within_reach_share() for s in built]) >= min_share:
                 dense[segment.name] = dense_question_bounds(segment, chunk, self._geometry, self._errors)
             else:
@@ -375,8 +374,7 @@ class SimilarityIndex:
             return KnnSource(segment, query, self._geometry, backend, first_k, self._errors, first_round)
         if self.strategy == "legacy-blocks":
             return LegacyBlockSource(segment, query, self._geometry, self._errors)
-        pruning = None if rule.everything_qualifies else (rule.threshold, rule.min_pairs)
-        return BlockSource(segment, query, self._geometry, self._errors, rule=pruning)
+        return BlockSource(segment, query, self._geometry, self._errors, rule=rule.pair_count_rule)
 
     # ---------------------------------------------------------------------------------- writing
 

@@ -258,14 +258,6 @@ def column_max(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def column_min(values: np.ndarray) -> np.ndarray:
-    """(n, m) -> (n,) row minima, column by column."""
-    out = values[:, 0].copy()
-    for j in range(1, values.shape[1]):
-        np.minimum(out, values[:, j], out=out)
-    return out
-
-
 MIN_DIRECTION_NORM = 1e-6
 
 

@@ -38,6 +38,11 @@ class Rule:
         return self.min_pairs == 0 or math.isinf(self.threshold)
 
     @property
+    def pair_count_rule(self) -> tuple[float, int] | None:
+        """(threshold, min_pairs) for the block search's count pruning; None for a ranking."""
+        return None if self.everything_qualifies else (self.threshold, self.min_pairs)
+
+    @property
     def stop_bound(self) -> float:
         """Questions whose closest pair is beyond this can never qualify."""
         return math.inf if self.everything_qualifies else self.threshold
