@@ -76,6 +76,16 @@ RECIPES: dict[str, tuple[str, dict, bool]] = {
         {"training": {"label_weight": 60.0, "teacher_regression_weight": 10.0}},
         True,
     ),
+    "label-margin": (
+        "the default recipe with the transfer set, an additive margin of 0.2 on the own prototype's distance",
+        {"training": {"label_margin": 0.2}},
+        True,
+    ),
+    "label-contrast": (
+        "the default recipe with the transfer set, plus the in-batch supervised contrastive term (weight 10)",
+        {"training": {"label_contrast_weight": 10.0}},
+        True,
+    ),
     "capacity-large": (
         "the default text-only recipe, larger: BiLSTM 256, decoder 384",
         {"architecture": {"encoder_hidden": 256, "decoder_hidden": 384}},

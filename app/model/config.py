@@ -66,6 +66,13 @@ class TrainingConfig(_Strict):
         30.0, ge=0, description="weight of the prototype classification term when the corpus has labels (0: ignore them)"
     )
     label_temperature: float = Field(0.1, gt=0, description="softmax temperature of code-to-prototype distances")
+    label_margin: float = Field(
+        0.0, ge=0, description="additive margin (index distance) on the own category's prototype distance"
+    )
+    label_contrast_weight: float = Field(
+        0.0, ge=0, description="weight of the in-batch supervised contrastive term: a code against the other "
+        "questions' means, same label = positive (temperature: label_temperature)"
+    )
     teacher: Literal["none", "minilm"] = Field(
         "minilm",
         description="sentence-transformer distilled into the latent at training time (needs qsim[teacher]; "

@@ -37,9 +37,11 @@ def pairwise_distance(a: torch.Tensor, b: torch.Tensor, metric: str) -> torch.Te
 
 
 class PrototypeClassifier(nn.Module):
-    """Cross-entropy of softmax(-distance(code, prototype_c) / temperature) against the label."""
+    """Cross-entropy of softmax(-distance(code, prototype_c) / temperature) against the label; with
+    `margin` > 0 the own prototype's distance counts `margin` longer (an additive margin, as in
+    CosFace), so a code must be clearly nearer its own category than any other to score well."""
 
-    def __init__(self, num_classes: int, latent_dim: int, metric: str, temperature: float, seed: int):
+    def __init__(self, num_classes: int, latent_dim: int, metric: str, temperature: float, seed: int, margin: float = 0.0):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         start = torch.randn(num_classes, latent_dim, generator=generator)
@@ -47,11 +49,14 @@ class PrototypeClassifier(nn.Module):
         self.prototypes = nn.Parameter(start)
         self.metric = metric
         self.temperature = temperature
+        self.margin = margin
 
     def forward(self, codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """codes (B, D), labels (B,) class indices -> mean cross-entropy (scalar)."""
-        logits = -pairwise_distance(codes, self.prototypes, self.metric) / self.temperature
-        return F.cross_entropy(logits, labels)
+        distance = pairwise_distance(codes, self.prototypes, self.metric)
+        if self.margin > 0:
+            distance = distance + self.margin * F.one_hot(labels, distance.size(1)).to(distance.dtype)
+        return F.cross_entropy(-distance / self.temperature, labels)
 
     @torch.no_grad()
     def accuracy(self, codes: torch.Tensor, labels: torch.Tensor) -> float:
@@ -73,6 +78,24 @@ def relational_distillation(
     return F.kl_div(
         F.log_softmax(student_logits, -1), F.log_softmax(teacher_logits, -1), log_target=True, reduction="batchmean"
     )
+
+
+def label_contrast(codes: torch.Tensor, means: torch.Tensor, labels: torch.Tensor, metric: str, temperature: float) -> torch.Tensor:
+    """codes (B, D) sampled codes as anchors, means (B, D), labels (B,) -> scalar supervised
+    contrastive loss (Khosla et al. 2020): for each anchor with another question of its label in the
+    batch, the mean over those positives of -log softmax(-distance(code_i, mean_j) / temperature)
+    over every other question j of the batch. Anchors without a positive do not count; 0 when none has one."""
+    batch = codes.size(0)
+    logits = -pairwise_distance(codes, means, metric) / temperature
+    self_pair = torch.eye(batch, dtype=torch.bool, device=codes.device)
+    logits = logits.masked_fill(self_pair, float("-inf"))
+    positive = (labels[:, None] == labels[None, :]) & ~self_pair
+    has_positive = positive.any(-1)
+    if not has_positive.any():
+        return codes.new_zeros(())
+    log_probability = F.log_softmax(logits, -1).masked_fill(~positive, 0.0)
+    per_anchor = -log_probability.sum(-1)[has_positive] / positive.sum(-1)[has_positive]
+    return per_anchor.mean()
 
 
 def teacher_regression(means: torch.Tensor, teacher: torch.Tensor, projection: nn.Module) -> torch.Tensor:
@@ -125,14 +148,19 @@ class LatentObjectives(nn.Module):
         student_temperature: float,
         seed: int,
         teacher_regression_weight: float = 0.0,
+        label_margin: float = 0.0,
+        label_contrast_weight: float = 0.0,
     ):
         super().__init__()
         self.metric = metric
         self.label_weight = label_weight if labels is not None else 0.0
         self.labels = torch.as_tensor(labels) if labels is not None else None
         self.classifier = (
-            PrototypeClassifier(num_classes, latent_dim, metric, label_temperature, seed) if self.label_weight > 0 else None
+            PrototypeClassifier(num_classes, latent_dim, metric, label_temperature, seed, label_margin)
+            if self.label_weight > 0 else None
         )
+        self.label_temperature = label_temperature
+        self.label_contrast_weight = label_contrast_weight if self.classifier is not None else 0.0
         self.teacher_weight = teacher_weight if teacher is not None else 0.0
         self.teacher = torch.as_tensor(teacher) if teacher is not None else None
         self.teacher_temperature = teacher_temperature
@@ -161,6 +189,10 @@ class LatentObjectives(nn.Module):
                 )
                 # Scaled by the labelled share so mixing in unlabelled transfer text does not weaken labels per question.
                 total = total + self.label_weight * label_loss * labelled.float().mean()
+                if self.label_contrast_weight > 0 and int(labelled.sum()) > 1:
+                    contrast = label_contrast(codes[labelled], means[labelled], labels[labelled], self.metric,
+                                              self.label_temperature)
+                    total = total + self.label_contrast_weight * contrast * labelled.float().mean()
         if self.teacher is not None:
             teacher = self.teacher[index].to(means.dtype)
             if self.teacher_weight > 0 and len(rows) > 2:

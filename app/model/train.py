@@ -385,6 +385,8 @@ class Trainer:
             student_temperature=self.cfg.student_temperature,
             seed=self.seed,
             teacher_regression_weight=self.cfg.teacher_regression_weight,
+            label_margin=self.cfg.label_margin,
+            label_contrast_weight=self.cfg.label_contrast_weight,
         )
 
     def _train_epoch(self, model, objectives, optimizer, ids, lengths, train_idx, epoch) -> dict:

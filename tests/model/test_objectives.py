@@ -10,6 +10,7 @@ from app.model.data import read_corpus
 from app.model.encoder import QuestionEncoder
 from app.model.objectives import (
     PrototypeClassifier,
+    label_contrast,
     label_indices,
     pairwise_distance,
     relational_distillation,
@@ -47,6 +48,40 @@ def test_prototype_classifier_prefers_the_nearest_prototype():
     codes = torch.tensor([[0.1, 0.0], [4.9, 5.0]])
     assert classifier.accuracy(codes, torch.tensor([0, 1])) == 1.0
     assert classifier(codes, torch.tensor([0, 1])) < 1e-3 < classifier(codes, torch.tensor([1, 0]))
+
+
+def test_a_label_margin_penalises_codes_that_are_only_barely_nearest_their_own_prototype():
+    plain = PrototypeClassifier(2, 2, "l2", temperature=1.0, seed=0)
+    margin = PrototypeClassifier(2, 2, "l2", temperature=1.0, seed=0, margin=2.0)
+    for classifier in (plain, margin):
+        with torch.no_grad():
+            classifier.prototypes.copy_(torch.tensor([[0.0, 0.0], [2.0, 0.0]]))
+    barely = torch.tensor([[0.9, 0.0]])  # squared distances 0.81 and 1.21
+    clearly = torch.tensor([[-1.0, 0.0]])  # 1 and 9
+    label = torch.tensor([0])
+    assert margin(barely, label) - plain(barely, label) > 1.0
+    assert margin(clearly, label) - plain(clearly, label) < 0.01
+    # The margin changes the loss only: which prototype is nearest stays the same.
+    assert margin.accuracy(barely, label) == plain.accuracy(barely, label) == 1.0
+
+
+def test_label_contrast_is_low_when_each_code_is_nearest_its_own_labels_means():
+    means = torch.tensor([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]])
+    codes = means + 0.01
+    labels = torch.tensor([0, 0, 1, 1])
+    grouped = label_contrast(codes, means, labels, "l2", temperature=0.5)
+    crossed = label_contrast(codes, means, torch.tensor([0, 1, 0, 1]), "l2", temperature=0.5)
+    assert grouped < 1e-3 < 10.0 < crossed
+
+
+def test_label_contrast_counts_only_anchors_with_a_positive_and_is_zero_without_any():
+    means = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+    assert label_contrast(means, means, torch.tensor([0, 1, 2]), "cosine", 0.1) == 0.0
+    with_pair = label_contrast(means, means, torch.tensor([0, 0, 2]), "cosine", 0.1)
+    only_pair = label_contrast(means[:2], means[:2], torch.tensor([0, 0]), "cosine", 0.1)
+    # Alone, the pair has nothing to be contrasted with; the third question is a negative for both
+    # anchors and never an anchor itself.
+    assert only_pair.abs() < 1e-6 < with_pair
 
 
 def test_label_indices_are_stable_and_sorted():
