@@ -41,7 +41,7 @@ from app.search.sources import (
     subset_source,
 )
 from app.search.storage import index_exists as _index_exists
-from app.search.storage import read_index, write_index
+from app.search.storage import load_threads, parallel_map, read_index, write_index
 
 log = logging.getLogger(__name__)
 
@@ -423,8 +423,16 @@ class SimilarityIndex:
     def _prepared(self, segment: Segment) -> Segment:
         """A new segment, not yet visible to readers, with what searches of it need: its block bounds
         (caps for cosine; the block strategy, and the k-NN strategy's host fallback) and its GPU copies."""
+        return self._attach(self._bounded(segment))
+
+    def _bounded(self, segment: Segment) -> Segment:
+        """The host part of _prepared (numpy only: safe on a loader thread)."""
         if self.strategy != "legacy-blocks" and segment.approximate is None:
             segment.block_bounds(self._geometry, self._errors)
+        return segment
+
+    def _attach(self, segment: Segment) -> Segment:
+        """The GPU part of _prepared, on the calling thread."""
         if self._accelerator is not None:
             self._accelerator.attach(segment, flat=self.strategy == "knn")
         return segment
@@ -535,30 +543,38 @@ class SimilarityIndex:
         expected_metric: str | None = None,
         expected_kind: str | None = None,
         device: str = "auto",
+        threads: int | None = None,
         **options,
     ) -> SimilarityIndex:
         """Load and verify an index saved by `save`; IndexFileError says what is wrong otherwise.
-        `options` are the tuning keywords of the constructor."""
+        `options` are the tuning keywords of the constructor. Files are read and segments prepared
+        on `threads` threads (default: storage.load_threads())."""
+        threads = load_threads() if threads is None else threads
         stored = read_index(Path(directory), {
             "model_id": expected_model_id,
             "dim": expected_dim,
             "samples_per_item": expected_samples,
             "metric": expected_metric,
             "kind": expected_kind,
-        })
+        }, threads=threads)
         header = stored.header
         index = cls(
             header["dim"], header["samples_per_item"], header["metric"], header["kind"], device,
             header["model_id"], **options,
         )
-        views = []
-        for part in stored.segments:
+
+        def bounded(part) -> Segment:
             partition = Partition.from_arrays(part.partition)
             vectors = index._geometry.to_search_space(part.codes)
             approximate = None
             if part.approximate is not None:
                 approximate = ApproximateIndex.deserialize(index._approximate, part.approximate)
-            segment = index._prepared(Segment(part.ids, part.codes, vectors, partition, approximate, name=part.name))
+            return index._bounded(Segment(part.ids, part.codes, vectors, partition, approximate, name=part.name))
+
+        parts = sorted(stored.segments, key=lambda part: -len(part.ids))  # largest first: threads finish together
+        views = []
+        for part, segment in zip(parts, parallel_map(bounded, parts, threads), strict=True):
+            index._attach(segment)
             if part.live.any():
                 views.append(SegmentView(segment, part.live))
         index._publish(views, header["revision"])

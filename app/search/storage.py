@@ -266,25 +266,42 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_index(directory: Path, expected: dict[str, Any], attempts: int = 10) -> StoredIndex:
-    """Read and verify the snapshot CURRENT names. expected: header fields the caller requires
-    (None values are not checked). If another process saves meanwhile, it deletes the snapshot
-    being read once CURRENT has moved on: the read is then retried on the new snapshot, up to
-    `attempts` times while CURRENT keeps moving (saves are serialized, so each retry needs another
-    whole save to land in between)."""
+def load_threads() -> int:
+    """Threads that read a saved index: numpy's copies and hashlib's digests release the GIL, so a
+    start-up reads and checks files on every core (at most 4)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def parallel_map(function, items: list, threads: int) -> list:
+    """[function(item) for item in items], on `threads` threads when there is more than one item;
+    the first exception raised is re-raised."""
+    if threads <= 1 or len(items) <= 1:
+        return [function(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(threads, len(items)), thread_name_prefix="qsim-index-load") as pool:
+        return list(pool.map(function, items))
+
+
+def read_index(directory: Path, expected: dict[str, Any], attempts: int = 10, threads: int = 1) -> StoredIndex:
+    """Read and verify the snapshot CURRENT names, its files checked and read on `threads` threads.
+    expected: header fields the caller requires (None values are not checked). If another process
+    saves meanwhile, it deletes the snapshot being read once CURRENT has moved on: the read is then
+    retried on the new snapshot, up to `attempts` times while CURRENT keeps moving (saves are
+    serialized, so each retry needs another whole save to land in between)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise IndexFileError(f"no index directory at {directory}")
     name = _current_name(directory)
     for _ in range(attempts - 1):
         try:
-            return _read_named(directory, name, expected)
+            return _read_named(directory, name, expected, threads)
         except IndexFileError:
             newer = _current_name(directory)
             if newer == name:
                 raise
             name = newer
-    return _read_named(directory, name, expected)
+    return _read_named(directory, name, expected, threads)
 
 
 def _current_name(directory: Path) -> str:
@@ -296,7 +313,7 @@ def _current_name(directory: Path) -> str:
         ) from None
 
 
-def _read_named(directory: Path, name: str, expected: dict[str, Any]) -> StoredIndex:
+def _read_named(directory: Path, name: str, expected: dict[str, Any], threads: int = 1) -> StoredIndex:
     snapshot = directory / name
     if not name.startswith(SNAPSHOT_PREFIX) or "/" in name or not snapshot.is_dir():
         raise IndexFileError(f"index in {directory} is damaged: {CURRENT} names snapshot {name!r}, which is missing")
@@ -305,26 +322,32 @@ def _read_named(directory: Path, name: str, expected: dict[str, Any]) -> StoredI
     except (OSError, ValueError) as error:
         raise IndexFileError(f"index manifest {snapshot / MANIFEST} is missing or unreadable: {error}") from None
     try:
-        return _read_snapshot(directory, snapshot, manifest, expected)
+        return _read_snapshot(directory, snapshot, manifest, expected, threads)
     except (KeyError, TypeError, AttributeError) as error:
         raise IndexFileError(f"index manifest {snapshot / MANIFEST} is malformed ({error!r})") from None
 
 
-def _read_snapshot(directory: Path, snapshot: Path, manifest: dict, expected: dict[str, Any]) -> StoredIndex:
+def _verify_file(path: Path, entry: dict) -> None:
+    try:
+        size = path.stat().st_size
+        digest = _file_sha256(path) if size == entry["bytes"] else None
+    except FileNotFoundError:
+        raise IndexFileError(f"index file {path} is missing") from None
+    if size != entry["bytes"]:
+        raise IndexFileError(f"index file {path} is truncated or corrupt ({size} bytes, expected {entry['bytes']})")
+    if digest != entry["sha256"]:
+        raise IndexFileError(f"index file {path} is truncated or corrupt (checksum mismatch)")
+
+
+def _read_snapshot(
+    directory: Path, snapshot: Path, manifest: dict, expected: dict[str, Any], threads: int = 1
+) -> StoredIndex:
     _check_header(directory, manifest, expected)
     files = manifest["files"]
-    for filename, entry in files.items():
-        path = snapshot / filename
-        try:
-            size = path.stat().st_size
-            digest = _file_sha256(path) if size == entry["bytes"] else None
-        except FileNotFoundError:
-            raise IndexFileError(f"index file {path} is missing") from None
-        if size != entry["bytes"]:
-            raise IndexFileError(f"index file {path} is truncated or corrupt ({size} bytes, expected {entry['bytes']})")
-        if digest != entry["sha256"]:
-            raise IndexFileError(f"index file {path} is truncated or corrupt (checksum mismatch)")
-    segments = [_read_segment(snapshot, described, manifest, files) for described in manifest["segments"]]
+    # Largest first, so that the threads finish together.
+    by_size = sorted(files.items(), key=lambda item: -item[1]["bytes"])
+    parallel_map(lambda item: _verify_file(snapshot / item[0], item[1]), by_size, threads)
+    segments = parallel_map(lambda described: _read_segment(snapshot, described, manifest, files), manifest["segments"], threads)
     total = sum(int(s.live.sum()) for s in segments)
     if total != manifest["count"]:
         raise IndexFileError(f"index in {directory} is inconsistent: {total} live questions, manifest says {manifest['count']}")

@@ -50,6 +50,17 @@ def test_a_saved_index_loads_back_identical(saved):
     assert manifest["count"] == 227 and manifest["format_version"] == 1 and manifest["created_at"]
 
 
+def test_loading_on_several_threads_gives_the_index_one_thread_gives(saved):
+    index, directory = saved
+    one = SimilarityIndex.load(directory, device="cpu", threads=1)
+    four = SimilarityIndex.load(directory, device="cpu", threads=4)
+    assert np.array_equal(four.ids(), one.ids())
+    assert np.array_equal(four.get_codes(one.ids()), one.get_codes(one.ids()))
+    queries = np.random.default_rng(1).standard_normal((6, 3, 6)).astype(np.float32)
+    for threshold in (0.3, math.inf):
+        assert four.search(queries, threshold=threshold, min_pairs=2) == one.search(queries, threshold=threshold, min_pairs=2)
+
+
 @pytest.mark.parametrize(
     ("expectation", "message"),
     [
@@ -72,8 +83,9 @@ def test_a_corrupt_file_is_refused(saved):
     data = bytearray(path.read_bytes())
     data[-7] ^= 0x40
     path.write_bytes(bytes(data))
-    with pytest.raises(IndexFileError, match=r"codes\.npy is truncated or corrupt \(checksum mismatch\)"):
-        SimilarityIndex.load(directory, device="cpu")
+    for threads in (1, 4):
+        with pytest.raises(IndexFileError, match=r"codes\.npy is truncated or corrupt \(checksum mismatch\)"):
+            SimilarityIndex.load(directory, device="cpu", threads=threads)
 
 
 def test_a_truncated_file_is_refused(saved):
@@ -189,7 +201,7 @@ def test_a_load_racing_a_save_by_another_process_reads_the_new_snapshot(saved, m
     read = storage._read_named
     calls = []
 
-    def save_in_between(directory_, name, expected):
+    def save_in_between(directory_, name, expected, threads=1):
         if not calls:  # another process saves (and deletes this snapshot) while we read it
             index.add(np.array([7000]), np.ones((1, 3, 6), dtype=np.float32), revision=50)
             index.save(directory)
