@@ -274,7 +274,7 @@ def load_threads() -> int:
 
 def parallel_map(function, items: list, threads: int) -> list:
     """[function(item) for item in items], on `threads` threads when there is more than one item;
-    the first exception raised is re-raised."""
+    an item that raises makes the call raise that exception (the earliest such item in `items`)."""
     if threads <= 1 or len(items) <= 1:
         return [function(item) for item in items]
     from concurrent.futures import ThreadPoolExecutor
