@@ -141,15 +141,22 @@ class ChangeApplier:
         publishes it; for tools that run without the thread (`qsim cluster`)."""
         started = time.perf_counter()
         state = self.builder.load_saved(encoder, generation)
-        if state is None:
+        built = state is None
+        if built:
             state = self.builder.build(encoder, generation)
-            catch_up(self.db, state)
+        # Registered as a replica before the last catch-up: a write committed after this report
+        # waits for this worker to apply it, and one committed before it is in the catch-up. (Reported
+        # only after publishing, a write landing in between was acknowledged without this worker,
+        # which then answered without it.)
+        self._report(state, force=True)
+        catch_up(self.db, state)
+        if built:
             self.builder.publish(state)
         else:
-            catch_up(self.db, state)
             reconcile(state)
             self._saved_marker = (state.revision, len(state.index), state.index.model_id)
         self._publish(state)
+        self._report(state, force=True)
         logger.info(
             "ready: model %s (%s), %d questions, revision %d, %.1f s",
             encoder.name, encoder.model_id, len(state.index), state.revision, time.perf_counter() - started,

@@ -158,3 +158,41 @@ def test_a_search_that_arrives_while_the_index_loads_waits_for_it(settings, firs
     finally:
         stop(client)
 
+
+
+@pytest.mark.parametrize("start", ["saved index", "rebuilt index"])
+def test_a_loading_worker_registers_as_a_replica_before_its_last_catch_up(settings, first_run, monkeypatch, start):
+    """A write waits only for the replicas registered when it asks. A worker that registered after
+    its last catch-up could miss a write acknowledged in between and then answer without it; one
+    registered before it either gets that write in the catch-up or is waited for."""
+    import shutil
+
+    from app.similarity import applier as applier_module
+
+    if start == "rebuilt index":
+        shutil.rmtree(settings.index_dir)
+    database = open_database(settings.database_url)
+    loading, active = ChangeApplier.for_tools(database, settings)
+    registered_at_catch_up = []
+    real_catch_up = applier_module.catch_up
+
+    def watched_catch_up(db, state, *args, **kwargs):
+        registered_at_catch_up.append({r.replica_id for r in loading.service_state.live_replicas(60)})
+        return real_catch_up(db, state, *args, **kwargs)
+
+    monkeypatch.setattr(applier_module, "catch_up", watched_catch_up)
+    try:
+        state = loading.load_now(loading.builder.load_encoder(active.path), active.generation)
+        assert registered_at_catch_up and all(loading.replica_id in ids for ids in registered_at_catch_up)
+        reported = {r.replica_id: r.revision for r in loading.service_state.live_replicas(60)}
+        assert reported[loading.replica_id] == state.revision == stored_revision(settings)
+    finally:
+        database.dispose()
+
+
+def stored_revision(settings) -> int:
+    database = open_database(settings.database_url)
+    with database.reading() as session:
+        revision = session.execute(text("SELECT COALESCE(MAX(seq), 0) FROM question_changes")).scalar_one()
+    database.dispose()
+    return revision
