@@ -74,7 +74,8 @@ def hold_out(base: str, label: str, removed: set[str]) -> list[dict]:
 def restore(base: str, deleted: list[dict]) -> None:
     for start in range(0, len(deleted), 500):
         post(base, "/questions/bulk", {"questions": [
-            {"text": item["text"], "metadata": item.get("metadata")} for item in deleted[start : start + 500]]})
+            {key: item.get(key) for key in ("text", "external_id", "answer", "metadata")}
+            for item in deleted[start : start + 500]]})
 
 
 def measure(base: str, label: str, stored: list[tuple[str, str]], queries: list[tuple[str, str]], removed: set[str]) -> dict:
@@ -112,6 +113,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="with --out-of-scope: one draw of removed intents per seed, each restored after it")
     args = parser.parse_args()
+    if args.seeds != [0] and args.out_of_scope <= 0:
+        parser.error("--seeds draws out-of-scope intents: give --out-of-scope too")
     stored_path, query_path, label = SETS[args.set]
     work = OUT / "service_quality" / args.set
     shutil.rmtree(work, ignore_errors=True)
@@ -124,6 +127,8 @@ def main() -> None:
     stored = rows(stored_path, label)
     queries = rows(query_path, label)
     intents = sorted({intent for _, intent in stored})
+    if args.out_of_scope > 0 and round(len(intents) * args.out_of_scope) < 1:
+        parser.error(f"--out-of-scope {args.out_of_scope} holds out no intent of {len(intents)}")
     process = start_service(env, port)
     results = []
     try:

@@ -71,7 +71,7 @@ class TrainingConfig(_Strict):
     )
     label_contrast_weight: float = Field(
         0.0, ge=0, description="weight of the in-batch supervised contrastive term: a code against the other "
-        "questions' means, same label = positive (temperature: label_temperature)"
+        "questions' means, same label = positive (temperature: label_temperature; off when label_weight is 0)"
     )
     teacher: Literal["none", "minilm"] = Field(
         "minilm",

@@ -78,10 +78,13 @@ def test_label_contrast_counts_only_anchors_with_a_positive_and_is_zero_without_
     means = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
     assert label_contrast(means, means, torch.tensor([0, 1, 2]), "cosine", 0.1) == 0.0
     with_pair = label_contrast(means, means, torch.tensor([0, 0, 2]), "cosine", 0.1)
+    # By hand: anchors 0 and 1 (the pair), each against its partner over the two others; the third
+    # question is a negative for both and never an anchor itself (averaged in, it would count 0).
+    logits = -pairwise_distance(means, means, "cosine") / 0.1
+    by_hand = [-(logits[i, j] - torch.logsumexp(logits[i, [j, 2]], 0)) for i, j in ((0, 1), (1, 0))]
+    assert torch.allclose(with_pair, torch.stack(by_hand).mean())
     only_pair = label_contrast(means[:2], means[:2], torch.tensor([0, 0]), "cosine", 0.1)
-    # Alone, the pair has nothing to be contrasted with; the third question is a negative for both
-    # anchors and never an anchor itself.
-    assert only_pair.abs() < 1e-6 < with_pair
+    assert only_pair.abs() < 1e-6  # alone, the pair has nothing to be contrasted with
 
 
 def test_label_indices_are_stable_and_sorted():
