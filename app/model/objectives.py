@@ -159,7 +159,6 @@ class LatentObjectives(nn.Module):
             PrototypeClassifier(num_classes, latent_dim, metric, label_temperature, seed, label_margin)
             if self.label_weight > 0 else None
         )
-        self.label_temperature = label_temperature
         self.label_contrast_weight = label_contrast_weight if self.classifier is not None else 0.0
         self.teacher_weight = teacher_weight if teacher is not None else 0.0
         self.teacher = torch.as_tensor(teacher) if teacher is not None else None
@@ -188,11 +187,12 @@ class LatentObjectives(nn.Module):
                     self.classifier(codes[labelled], labels[labelled]) + self.classifier(means[labelled], labels[labelled])
                 )
                 # Scaled by the labelled share so mixing in unlabelled transfer text does not weaken labels per question.
-                total = total + self.label_weight * label_loss * labelled.float().mean()
+                share = labelled.float().mean()
+                total = total + self.label_weight * label_loss * share
                 if self.label_contrast_weight > 0 and int(labelled.sum()) > 1:
                     contrast = label_contrast(codes[labelled], means[labelled], labels[labelled], self.metric,
-                                              self.label_temperature)
-                    total = total + self.label_contrast_weight * contrast * labelled.float().mean()
+                                              self.classifier.temperature)
+                    total = total + self.label_contrast_weight * contrast * share
         if self.teacher is not None:
             teacher = self.teacher[index].to(means.dtype)
             if self.teacher_weight > 0 and len(rows) > 2:
