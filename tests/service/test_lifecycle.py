@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from app.core.db import open_database
+from app.questions import repository
 from app.questions.importer import import_questions
 from app.questions.repository import NewQuestion
 from app.similarity.applier import ChangeApplier
@@ -159,7 +160,6 @@ def test_a_search_that_arrives_while_the_index_loads_waits_for_it(settings, firs
         stop(client)
 
 
-
 @pytest.mark.parametrize("start", ["saved index", "rebuilt index"])
 def test_a_loading_worker_registers_as_a_replica_before_its_last_catch_up(settings, first_run, monkeypatch, start):
     """A write waits only for the replicas registered when it asks. A worker that registered after
@@ -185,14 +185,7 @@ def test_a_loading_worker_registers_as_a_replica_before_its_last_catch_up(settin
         state = loading.load_now(loading.builder.load_encoder(active.path), active.generation)
         assert registered_at_catch_up and all(loading.replica_id in ids for ids in registered_at_catch_up)
         reported = {r.replica_id: r.revision for r in loading.service_state.live_replicas(60)}
-        assert reported[loading.replica_id] == state.revision == stored_revision(settings)
+        with database.reading() as session:
+            assert reported[loading.replica_id] == state.revision == repository.last_change(session)
     finally:
         database.dispose()
-
-
-def stored_revision(settings) -> int:
-    database = open_database(settings.database_url)
-    with database.reading() as session:
-        revision = session.execute(text("SELECT COALESCE(MAX(seq), 0) FROM question_changes")).scalar_one()
-    database.dispose()
-    return revision
