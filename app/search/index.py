@@ -500,6 +500,15 @@ class SimilarityIndex:
                 views.append(view)
             self._publish(views, self._snapshot.revision)
 
+    def compact(self) -> None:
+        """Merge every segment into one, now (after a bulk build: each search pays a fixed cost per
+        segment, and a build written page by page leaves one or more segments per page)."""
+        self.wait_for_merges()
+        with self._write_lock:
+            views = self._snapshot.views
+        if len(views) > 1:
+            self._merge(views)
+
     def wait_for_merges(self, timeout: float | None = None) -> bool:
         """Wait until no background merge is running (a finishing merge may start the next one);
         True if none is, False if `timeout` seconds passed first."""

@@ -519,6 +519,9 @@ class MilvusIndex:
     def wait_for_merges(self, timeout: float | None = None) -> bool:
         return True  # Milvus compacts on its own
 
+    def compact(self) -> None:
+        """Nothing to do: Milvus merges its own segments."""
+
     merge_error = None
 
     # ---------------------------------------------------------------------------------- writing

@@ -266,4 +266,5 @@ class StateBuilder:
             if progress:
                 progress(min(done / total, 1.0))
         index.apply(revision=revision)
+        index.compact()
         return SearchState(encoder, index, catalog, generation)

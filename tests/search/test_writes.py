@@ -178,3 +178,23 @@ def test_background_merges_keep_few_segments_and_exact_results():
     assert index.search(query, threshold=math.inf, limit=len(ids)) == [
         brute_force_search(query[0], ids, codes, threshold=math.inf, limit=len(ids))
     ]
+
+
+def test_compact_leaves_one_segment_with_the_same_results():
+    rng = np.random.default_rng(11)
+    index = small_index(background_merges=False)
+    ids = np.arange(1, 61)
+    codes = rng.standard_normal((60, 3, 4)).astype(np.float32)
+    for start in range(0, 60, 20):  # three writes, three segments
+        index.add(ids[start : start + 20], codes[start : start + 20])
+    index.remove(np.array([5, 45]))
+    assert index.segment_count == 3
+    queries = rng.standard_normal((4, 3, 4)).astype(np.float32)
+    before = index.search(queries, threshold=2.0, min_pairs=2, limit=10)
+    index.compact()
+    assert index.segment_count == 1
+    assert index.search(queries, threshold=2.0, min_pairs=2, limit=10) == before
+    keep = ~np.isin(ids, [5, 45])
+    assert before == [
+        brute_force_search(q, ids[keep], codes[keep], threshold=2.0, limit=10, min_pairs=2) for q in queries
+    ]

@@ -189,3 +189,19 @@ def test_a_loading_worker_registers_as_a_replica_before_its_last_catch_up(settin
             assert reported[loading.replica_id] == state.revision == repository.last_change(session)
     finally:
         database.dispose()
+
+
+def test_an_index_rebuilt_page_by_page_is_served_as_one_segment(settings, first_run, monkeypatch):
+    # Each search pays a fixed cost per segment: a rebuild must not leave one segment per page read.
+    paged = repository.iter_summaries
+    monkeypatch.setattr(repository, "iter_summaries", lambda session, after_id=0: paged(session, 7, after_id))
+    for path in Path(settings.index_dir).rglob("*"):
+        if path.is_file():
+            path.unlink()
+    client = start_client(settings)
+    try:
+        index = client.app.state.runtime.applier.state.index
+        assert indexed_ids(client) == {q["id"] for q in first_run}
+        assert index.segment_count == 1
+    finally:
+        stop(client)
