@@ -258,6 +258,27 @@ def column_max(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def ranked_columns(values: np.ndarray, ranks: tuple[int, ...], largest: bool) -> np.ndarray:
+    """(n, m) -> (len(ranks), n): for each rank r, every row's r-th largest (or smallest) value,
+    from one pass over `values` (the bounds of a search want the first and the `needed`-th)."""
+    if ranks == (1,) and largest:
+        return column_max(values)[None]
+    # A column-by-column insertion into the running top max(ranks): element-wise passes over
+    # contiguous rows, several times faster than sorting or partitioning a short last axis.
+    keep, worse = (np.maximum, np.minimum) if largest else (np.minimum, np.maximum)
+    depth = max(ranks)
+    top = [values[:, 0].copy()]
+    for j in range(1, values.shape[1]):
+        incoming = values[:, j].copy()
+        for level in range(len(top)):
+            better = keep(top[level], incoming)
+            worse(top[level], incoming, out=incoming)
+            top[level] = better
+        if len(top) < depth:
+            top.append(incoming)
+    return np.stack([top[rank - 1] for rank in ranks])
+
+
 MIN_DIRECTION_NORM = 1e-6
 
 
@@ -342,11 +363,11 @@ class Caps:
 
     def lower_bounds(
         self, queries: np.ndarray, query_norms: np.ndarray, errors: FloatErrorModel, representation_error: float,
-        rows: np.ndarray | None = None, rank: int = 1,
+        rows: np.ndarray | None = None, ranks: tuple[int, ...] = (1,),
     ) -> np.ndarray:
-        """queries (m, D) float32 search vectors with norms (m,) -> (b,) lower bounds of the cosine
-        distance (the reference's) from the rank-th nearest query code (1: the nearest) to every
-        stored code of each cap (of the caps `rows` when given).
+        """queries (m, D) float32 search vectors with norms (m,) -> (len(ranks), b): for each rank r,
+        lower bounds of the cosine distance (the reference's) from the r-th nearest query code
+        (1: the nearest) to every stored code of each cap (of the caps `rows` when given).
 
         Proof. For unit vectors angles obey the triangle inequality: with beta the angle between
         the query direction q^ and c, phi <= theta_b that between c and a stored direction s^,
@@ -363,11 +384,11 @@ class Caps:
         <= 1, its distance to everything; a cap holding zero codes is capped at 1, their distance."""
         directions = self.directions if rows is None else self.directions[rows]
         # (b, m) float32: the faster orientation for BLAS here.
-        return self.bounds_from_dots(directions @ queries.T, query_norms, errors, representation_error, rows, rank)
+        return self.bounds_from_dots(directions @ queries.T, query_norms, errors, representation_error, rows, ranks)
 
     def bounds_from_dots(
         self, dots: np.ndarray, query_norms: np.ndarray, errors: FloatErrorModel, representation_error: float,
-        rows: np.ndarray | None = None, rank: int = 1,
+        rows: np.ndarray | None = None, ranks: tuple[int, ...] = (1,),
     ) -> np.ndarray:
         """`lower_bounds` from the float32 products dots (b, m) of the caps' directions (those of
         `rows` when given) with the queries, however they were computed (any summation order)."""
@@ -376,7 +397,7 @@ class Caps:
         else:
             norms, cos_r, sin_r = self.direction_norms[rows], self.cos_radius[rows], self.sin_radius[rows]
             has_zero = self.has_zero[rows]
-        nearest = column_max(dots) if rank == 1 else -np.partition(-dots, rank - 1, axis=1)[:, rank - 1]
+        nearest = ranked_columns(dots, ranks, largest=True)  # (len(ranks), b)
         slack = representation_error + errors.gamma * float(np.max(query_norms)) * (1.0 + 1e-6) + 1e-12
         a = np.clip(nearest.astype(np.float64) / norms + slack, -1.0, 1.0)
         nearest_cos = a * cos_r + np.sqrt((1.0 - a) * (1.0 + a)) * sin_r
@@ -437,23 +458,25 @@ class BlockBounds:
             total += caps.direction_norms.nbytes + caps.cos_radius.nbytes + caps.sin_radius.nbytes + caps.has_zero.nbytes
         return total + self.question_caps.directions.nbytes
 
-    def groups(self, queries: np.ndarray, query_norms: np.ndarray, rank: int = 1) -> np.ndarray:
-        """(g,) reference-metric lower bounds from the rank-th nearest query sample to every group's codes."""
+    def groups(self, queries: np.ndarray, query_norms: np.ndarray, ranks: tuple[int, ...] = (1,)) -> np.ndarray:
+        """(len(ranks), g) reference-metric lower bounds from the r-th nearest query sample to every
+        group's codes, for each rank r."""
         if self.metric == "cosine":
-            return self.group_caps.lower_bounds(queries, query_norms, self.errors, self.representation_error, rank=rank)
-        return self._ball_bounds(self.partition.groups, queries, query_norms, rank)
+            return self.group_caps.lower_bounds(queries, query_norms, self.errors, self.representation_error, ranks=ranks)
+        return self._ball_bounds(self.partition.groups, queries, query_norms, ranks)
 
-    def blocks(self, queries: np.ndarray, query_norms: np.ndarray, rows: np.ndarray | None = None, rank: int = 1) -> np.ndarray:
-        """(b,) reference-metric lower bounds from the rank-th nearest query sample to every block's
-        codes (to blocks `rows` when given)."""
+    def blocks(
+        self, queries: np.ndarray, query_norms: np.ndarray, rows: np.ndarray | None = None, ranks: tuple[int, ...] = (1,)
+    ) -> np.ndarray:
+        """(len(ranks), b) reference-metric lower bounds from the r-th nearest query sample to every
+        block's codes (to blocks `rows` when given), for each rank r."""
         if self.metric == "cosine":
-            return self.block_caps.lower_bounds(queries, query_norms, self.errors, self.representation_error, rows, rank)
+            return self.block_caps.lower_bounds(queries, query_norms, self.errors, self.representation_error, rows, ranks)
         balls = self.partition.blocks
         if rows is not None:
             balls = Balls(balls.centres[rows], balls.centre_norms[rows], balls.radii[rows])
-        return self._ball_bounds(balls, queries, query_norms, rank)
+        return self._ball_bounds(balls, queries, query_norms, ranks)
 
-    def _ball_bounds(self, balls: Balls, queries: np.ndarray, query_norms: np.ndarray, rank: int) -> np.ndarray:
+    def _ball_bounds(self, balls: Balls, queries: np.ndarray, query_norms: np.ndarray, ranks: tuple[int, ...]) -> np.ndarray:
         bounds = balls.lower_bounds(queries, query_norms, self.errors)  # (m, b) search space
-        ranked = bounds.min(axis=0) if rank == 1 else np.partition(bounds, rank - 1, axis=0)[rank - 1]
-        return self.geometry.lower_bound(ranked)
+        return self.geometry.lower_bound(ranked_columns(bounds.T, ranks, largest=False))

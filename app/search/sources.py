@@ -139,7 +139,7 @@ class BlockSource:
         if self.counting:
             radius = geometry.search_radius(threshold)
             self.pair_limit = radius * radius * (1.0 + 1e-12)
-        group_bounds = self._combine(lambda rank: self.structure.groups(query.search, query.norms, rank))
+        group_bounds = self._combine(lambda ranks: self.structure.groups(query.search, query.norms, ranks))
         self.group_order = np.argsort(group_bounds, kind="stable")
         self.group_sorted = group_bounds[self.group_order]
         self.group_next = 0
@@ -152,13 +152,13 @@ class BlockSource:
         self._expand(self.reach)
 
     def _combine(self, bounds) -> np.ndarray:
-        """bounds(rank) -> (b,) bounds of the rank-th nearest query sample -> the closest-pair bound,
-        infinite where fewer than `needed` query samples are within the threshold (see the class
-        docstring)."""
-        closest = bounds(1)
-        if self.needed > 1:
-            closest = np.where(bounds(self.needed) > self.threshold, math.inf, closest)
-        return closest
+        """bounds(ranks) -> (len(ranks), b) bounds of the r-th nearest query sample for each rank r
+        -> (b,) the closest-pair bound, infinite where fewer than `needed` query samples are within
+        the threshold (see the class docstring). Both ranks come from one pass."""
+        if self.needed == 1:
+            return bounds((1,))[0]
+        closest, needed = bounds((1, self.needed))
+        return np.where(needed > self.threshold, math.inf, closest)
 
     def within_reach_share(self) -> float:
         """The share of the segment's questions in blocks whose bound is within the threshold (0 when
@@ -190,9 +190,9 @@ class BlockSource:
         blocks = np.arange(total, dtype=np.int64) + np.repeat(first - (np.cumsum(counts) - counts), counts)
         search, norms = self.query.search, self.query.norms
         if total >= self.ALL_BLOCKS_SHARE * partition.block_count:
-            bounds = self._combine(lambda rank: self.structure.blocks(search, norms, rank=rank)[blocks])
+            bounds = self._combine(lambda ranks: self.structure.blocks(search, norms, ranks=ranks)[:, blocks])
         else:
-            bounds = self._combine(lambda rank: self.structure.blocks(search, norms, blocks, rank))
+            bounds = self._combine(lambda ranks: self.structure.blocks(search, norms, blocks, ranks))
         # A block's codes are its group's too: the group's bound holds for them as well.
         bounds = np.maximum(bounds, np.repeat(self.group_sorted[start:end], counts))
         ids = np.concatenate([self.block_ids[self.block_next :], blocks])
@@ -252,7 +252,7 @@ class BlockSource:
                 dots = np.concatenate([directions[a:b] @ search_t for a, b in spans])
             norms = self.query.norms
             floor = self._combine(
-                lambda rank: caps.bounds_from_dots(dots, norms, self.errors, self.structure.representation_error, rows, rank)
+                lambda ranks: caps.bounds_from_dots(dots, norms, self.errors, self.structure.representation_error, rows, ranks)
             )
             near = floor <= cutoff
             if not near.all():

@@ -80,17 +80,23 @@ def test_every_bound_is_below_the_reference_distance_to_every_code_it_covers(
         search = geometry.to_search_space(query)
         norms = np.sqrt(np.einsum("ij,ij->i", search, search, dtype=np.float64))
         levels = [
-            (lambda r, s=search, n=norms: structure.groups(s, n, r), groups),
-            (lambda r, s=search, n=norms: structure.blocks(s, n, rank=r), blocks),
-            (lambda r, s=search, n=norms: structure.blocks(s, n, picked, r), [blocks[b] for b in picked]),
+            (lambda r, s=search, n=norms: structure.groups(s, n, (r,))[0], groups),
+            (lambda r, s=search, n=norms: structure.blocks(s, n, ranks=(r,))[0], blocks),
+            (lambda r, s=search, n=norms: structure.blocks(s, n, picked, (r,))[0], [blocks[b] for b in picked]),
         ]
         if caps is not None:
             levels.append(
-                (lambda r, s=search, n=norms: caps.lower_bounds(s, n, errors, geometry.representation_error, rank=r),
+                (lambda r, s=search, n=norms: caps.lower_bounds(s, n, errors, geometry.representation_error, ranks=(r,))[0],
                  questions)
             )
         for bounds_of, members in levels:
             _check_level(bounds_of, members, query, segment, collection.metric)
+        # All ranks in one pass (what a search asks for) give what each rank gives alone.
+        ranks = tuple(range(1, len(query) + 1))
+        together = structure.blocks(search, norms, ranks=ranks)
+        assert together.shape == (len(ranks), partition.block_count)
+        for position, rank in enumerate(ranks):
+            assert np.array_equal(together[position], structure.blocks(search, norms, ranks=(rank,))[0])
 
 
 def test_caps_of_codes_that_cancel_bound_nothing_but_stay_valid():
@@ -105,7 +111,7 @@ def test_caps_of_codes_that_cancel_bound_nothing_but_stay_valid():
     for query in (x[None], -x[None], np.zeros((1, 4), np.float32), np.array([[3.0, -1.0, 0.0, 2.0]], np.float32)):
         search = geometry.to_search_space(query)
         norms = np.linalg.norm(search.astype(np.float64), axis=1)
-        bounds = caps.lower_bounds(search, norms, errors, geometry.representation_error)
+        bounds = caps.lower_bounds(search, norms, errors, geometry.representation_error)[0]
         truth = pair_distances(query, segment.codes, "cosine").reshape(3, -1).min(axis=1)
         assert (bounds <= truth).all()
 

@@ -3,9 +3,11 @@ its group's ball, and blocks and groups tile the segment."""
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.search.bounds import FloatErrorModel, SearchGeometry
-from app.search.partition import PartitionPlan
+from app.search.partition import PartitionPlan, ranked_columns
 from app.search.segment import Segment
 from tests.search.cases import make_codes
 
@@ -34,3 +36,23 @@ def test_every_sample_lies_in_its_block_and_group_balls(metric, questions):
     # Rows were only reordered.
     assert sorted(segment.ids.tolist()) == list(range(questions))
     assert np.array_equal(segment.codes[np.argsort(segment.ids)], codes)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.integers(1, 40).flatmap(
+        lambda rows: st.integers(1, 6).flatmap(
+            lambda columns: st.lists(
+                st.lists(st.sampled_from([-1.5, -0.25, 0.0, 0.25, 0.5, 2.0]), min_size=columns, max_size=columns),
+                min_size=rows, max_size=rows,
+            )
+        )
+    ),
+    data=st.data(),
+)
+def test_ranked_columns_are_the_rows_sorted_values_at_each_rank(values, data):
+    array = np.asarray(values, dtype=np.float32)
+    ranks = tuple(sorted(data.draw(st.sets(st.integers(1, array.shape[1]), min_size=1))))
+    ordered = np.sort(array, axis=1)
+    assert np.array_equal(ranked_columns(array, ranks, largest=True), np.stack([ordered[:, -r] for r in ranks]))
+    assert np.array_equal(ranked_columns(array, ranks, largest=False), np.stack([ordered[:, r - 1] for r in ranks]))
