@@ -37,6 +37,7 @@ from app.search.sources import (
     LegacyBlockSource,
     PreparedQuery,
     ScannedSource,
+    batch_bounds,
     dense_question_bounds,
     subset_source,
 )
@@ -290,7 +291,12 @@ class SimilarityIndex:
             segment = view.segment
             if segment.approximate is not None or (skip and segment.name in skip):
                 continue
-            built = [BlockSource(segment, query, self._geometry, self._errors, rule=rule.pair_count_rule) for query in chunk]
+            shared = batch_bounds(segment, chunk, self._geometry, self._errors, rule.pair_count_rule) if len(chunk) > 1 else None
+            built = [
+                BlockSource(segment, query, self._geometry, self._errors, rule=rule.pair_count_rule,
+                            bounds=shared[i] if shared else None)
+                for i, query in enumerate(chunk)
+            ]
             if segment.size >= DENSE_MIN_QUESTIONS and np.mean([s.within_reach_share() for s in built]) >= min_share:
                 dense[segment.name] = dense_question_bounds(segment, chunk, self._geometry, self._errors)
             else:

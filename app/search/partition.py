@@ -279,6 +279,16 @@ def ranked_columns(values: np.ndarray, ranks: tuple[int, ...], largest: bool) ->
     return np.stack([top[rank - 1] for rank in ranks])
 
 
+def _ranked_per_query(values: np.ndarray, ranks: tuple[int, ...], per_query: int | None, largest: bool) -> np.ndarray:
+    """values (b, m) -> (len(ranks), b) ranked over all m columns, or with per_query = Kq over each
+    query's Kq consecutive columns -> (len(ranks), m / Kq, b)."""
+    if per_query is None:
+        return ranked_columns(values, ranks, largest)
+    b, m = values.shape
+    ranked = ranked_columns(np.ascontiguousarray(values).reshape(b * (m // per_query), per_query), ranks, largest)
+    return ranked.reshape(len(ranks), b, m // per_query).transpose(0, 2, 1)
+
+
 MIN_DIRECTION_NORM = 1e-6
 
 
@@ -363,11 +373,13 @@ class Caps:
 
     def lower_bounds(
         self, queries: np.ndarray, query_norms: np.ndarray, errors: FloatErrorModel, representation_error: float,
-        rows: np.ndarray | None = None, ranks: tuple[int, ...] = (1,),
+        rows: np.ndarray | None = None, ranks: tuple[int, ...] = (1,), per_query: int | None = None,
     ) -> np.ndarray:
         """queries (m, D) float32 search vectors with norms (m,) -> (len(ranks), b): for each rank r,
         lower bounds of the cosine distance (the reference's) from the r-th nearest query code
-        (1: the nearest) to every stored code of each cap (of the caps `rows` when given).
+        (1: the nearest) to every stored code of each cap (of the caps `rows` when given). With
+        `per_query` = Kq, the m rows are m / Kq queries of Kq codes each, ranked query by query:
+        -> (len(ranks), m / Kq, b).
 
         Proof. For unit vectors angles obey the triangle inequality: with beta the angle between
         the query direction q^ and c, phi <= theta_b that between c and a stored direction s^,
@@ -384,20 +396,21 @@ class Caps:
         <= 1, its distance to everything; a cap holding zero codes is capped at 1, their distance."""
         directions = self.directions if rows is None else self.directions[rows]
         # (b, m) float32: the faster orientation for BLAS here.
-        return self.bounds_from_dots(directions @ queries.T, query_norms, errors, representation_error, rows, ranks)
+        return self.bounds_from_dots(directions @ queries.T, query_norms, errors, representation_error, rows, ranks, per_query)
 
     def bounds_from_dots(
         self, dots: np.ndarray, query_norms: np.ndarray, errors: FloatErrorModel, representation_error: float,
-        rows: np.ndarray | None = None, ranks: tuple[int, ...] = (1,),
+        rows: np.ndarray | None = None, ranks: tuple[int, ...] = (1,), per_query: int | None = None,
     ) -> np.ndarray:
         """`lower_bounds` from the float32 products dots (b, m) of the caps' directions (those of
-        `rows` when given) with the queries, however they were computed (any summation order)."""
+        `rows` when given) with the queries, however they were computed (any summation order).
+        Several queries share the largest query norm's slack (a looser bound is still a bound)."""
         if rows is None:
             norms, cos_r, sin_r, has_zero = self.direction_norms, self.cos_radius, self.sin_radius, self.has_zero
         else:
             norms, cos_r, sin_r = self.direction_norms[rows], self.cos_radius[rows], self.sin_radius[rows]
             has_zero = self.has_zero[rows]
-        nearest = ranked_columns(dots, ranks, largest=True)  # (len(ranks), b)
+        nearest = _ranked_per_query(dots, ranks, per_query, largest=True)  # (len(ranks), [queries,] b)
         slack = representation_error + errors.gamma * float(np.max(query_norms)) * (1.0 + 1e-6) + 1e-12
         a = np.clip(nearest.astype(np.float64) / norms + slack, -1.0, 1.0)
         nearest_cos = a * cos_r + np.sqrt((1.0 - a) * (1.0 + a)) * sin_r
@@ -458,25 +471,35 @@ class BlockBounds:
             total += caps.direction_norms.nbytes + caps.cos_radius.nbytes + caps.sin_radius.nbytes + caps.has_zero.nbytes
         return total + self.question_caps.directions.nbytes
 
-    def groups(self, queries: np.ndarray, query_norms: np.ndarray, ranks: tuple[int, ...] = (1,)) -> np.ndarray:
+    def groups(
+        self, queries: np.ndarray, query_norms: np.ndarray, ranks: tuple[int, ...] = (1,), per_query: int | None = None
+    ) -> np.ndarray:
         """(len(ranks), g) reference-metric lower bounds from the r-th nearest query sample to every
-        group's codes, for each rank r."""
+        group's codes, for each rank r; with per_query = Kq, (len(ranks), queries, g) for the
+        queries of Kq samples each that `queries` stacks."""
         if self.metric == "cosine":
-            return self.group_caps.lower_bounds(queries, query_norms, self.errors, self.representation_error, ranks=ranks)
-        return self._ball_bounds(self.partition.groups, queries, query_norms, ranks)
+            return self.group_caps.lower_bounds(
+                queries, query_norms, self.errors, self.representation_error, ranks=ranks, per_query=per_query
+            )
+        return self._ball_bounds(self.partition.groups, queries, query_norms, ranks, per_query)
 
     def blocks(
-        self, queries: np.ndarray, query_norms: np.ndarray, rows: np.ndarray | None = None, ranks: tuple[int, ...] = (1,)
+        self, queries: np.ndarray, query_norms: np.ndarray, rows: np.ndarray | None = None, ranks: tuple[int, ...] = (1,),
+        per_query: int | None = None,
     ) -> np.ndarray:
         """(len(ranks), b) reference-metric lower bounds from the r-th nearest query sample to every
-        block's codes (to blocks `rows` when given), for each rank r."""
+        block's codes (to blocks `rows` when given), for each rank r; per_query as for `groups`."""
         if self.metric == "cosine":
-            return self.block_caps.lower_bounds(queries, query_norms, self.errors, self.representation_error, rows, ranks)
+            return self.block_caps.lower_bounds(
+                queries, query_norms, self.errors, self.representation_error, rows, ranks, per_query
+            )
         balls = self.partition.blocks
         if rows is not None:
             balls = Balls(balls.centres[rows], balls.centre_norms[rows], balls.radii[rows])
-        return self._ball_bounds(balls, queries, query_norms, ranks)
+        return self._ball_bounds(balls, queries, query_norms, ranks, per_query)
 
-    def _ball_bounds(self, balls: Balls, queries: np.ndarray, query_norms: np.ndarray, ranks: tuple[int, ...]) -> np.ndarray:
+    def _ball_bounds(
+        self, balls: Balls, queries: np.ndarray, query_norms: np.ndarray, ranks: tuple[int, ...], per_query: int | None
+    ) -> np.ndarray:
         bounds = balls.lower_bounds(queries, query_norms, self.errors)  # (m, b) search space
-        return self.geometry.lower_bound(ranked_columns(bounds.T, ranks, largest=False))
+        return self.geometry.lower_bound(_ranked_per_query(bounds.T, ranks, per_query, largest=False))

@@ -122,24 +122,29 @@ class BlockSource:
         errors: FloatErrorModel,
         skip: np.ndarray | None = None,
         rule: tuple[float, int] | None = None,
+        bounds: tuple[np.ndarray, np.ndarray] | None = None,
     ):
+        """bounds: this query's (group bounds (g,), bounds of every block (b,)), combined as
+        `_combine` does, when they were computed for a batch of queries at once (`batch_bounds`)."""
         self.segment = segment
         self.query = query
         self.geometry = geometry
         self.errors = errors
         self.skip = skip
         self.structure = segment.block_bounds(geometry, errors)
-        k = segment.samples_per_item
         threshold, min_pairs = rule if rule is not None else (math.inf, 0)
         self.counting = min_pairs > 0 and not math.isinf(threshold)
         self.threshold = threshold
         self.min_pairs = min_pairs
-        # Query samples that must reach a block for it to hold a match.
-        self.needed = -(-min_pairs // k) if self.counting else 1
+        self.needed, _ = self.needed_samples(rule, segment.samples_per_item)
         if self.counting:
             radius = geometry.search_radius(threshold)
             self.pair_limit = radius * radius * (1.0 + 1e-12)
-        group_bounds = self._combine(lambda ranks: self.structure.groups(query.search, query.norms, ranks))
+        self.all_block_bounds = None if bounds is None else bounds[1]
+        if bounds is None:
+            group_bounds = self._combine(lambda ranks: self.structure.groups(query.search, query.norms, ranks))
+        else:
+            group_bounds = bounds[0]
         self.group_order = np.argsort(group_bounds, kind="stable")
         self.group_sorted = group_bounds[self.group_order]
         self.group_next = 0
@@ -155,10 +160,14 @@ class BlockSource:
         """bounds(ranks) -> (len(ranks), b) bounds of the r-th nearest query sample for each rank r
         -> (b,) the closest-pair bound, infinite where fewer than `needed` query samples are within
         the threshold (see the class docstring). Both ranks come from one pass."""
-        if self.needed == 1:
-            return bounds((1,))[0]
-        closest, needed = bounds((1, self.needed))
-        return np.where(needed > self.threshold, math.inf, closest)
+        return combine_ranks(bounds, self.needed, self.threshold)
+
+    @staticmethod
+    def needed_samples(rule: tuple[float, int] | None, samples_per_item: int) -> tuple[int, float]:
+        """-> (query samples that must reach a block for it to hold a match, the threshold)."""
+        threshold, min_pairs = rule if rule is not None else (math.inf, 0)
+        counting = min_pairs > 0 and not math.isinf(threshold)
+        return (-(-min_pairs // samples_per_item) if counting else 1), threshold
 
     def within_reach_share(self) -> float:
         """The share of the segment's questions in blocks whose bound is within the threshold (0 when
@@ -189,7 +198,9 @@ class BlockSource:
         first = partition.group_offsets[groups]
         blocks = np.arange(total, dtype=np.int64) + np.repeat(first - (np.cumsum(counts) - counts), counts)
         search, norms = self.query.search, self.query.norms
-        if total >= self.ALL_BLOCKS_SHARE * partition.block_count:
+        if self.all_block_bounds is not None:
+            bounds = self.all_block_bounds[blocks]
+        elif total >= self.ALL_BLOCKS_SHARE * partition.block_count:
             bounds = self._combine(lambda ranks: self.structure.blocks(search, norms, ranks=ranks)[:, blocks])
         else:
             bounds = self._combine(lambda ranks: self.structure.blocks(search, norms, blocks, ranks))
@@ -278,6 +289,32 @@ class BlockSource:
             keep = within.reshape(-1, k).sum(axis=1) >= self.min_pairs
             rows, bounds = rows[keep], bounds[keep]
         return rows, bounds
+
+
+def combine_ranks(bounds, needed: int, threshold: float) -> np.ndarray:
+    """bounds(ranks) -> (len(ranks), ...) -> (...): the nearest query sample's bound, infinite where
+    the `needed`-th nearest one's is beyond `threshold` (BlockSource's count pruning)."""
+    if needed == 1:
+        return bounds((1,))[0]
+    closest, needed_bound = bounds((1, needed))
+    return np.where(needed_bound > threshold, math.inf, closest)
+
+
+def batch_bounds(
+    segment: Segment, queries: list[PreparedQuery], geometry: SearchGeometry, errors: FloatErrorModel,
+    rule: tuple[float, int] | None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every query's (group bounds (g,), block bounds (b,)) as BlockSource combines them, for a batch
+    of queries of Kq samples each with one product per level: per query, this is most of what a
+    source costs before it reads anything."""
+    structure = segment.block_bounds(geometry, errors)
+    per_query = queries[0].search.shape[0]
+    stacked = np.concatenate([query.search for query in queries])
+    norms = np.concatenate([query.norms for query in queries])
+    needed, threshold = BlockSource.needed_samples(rule, segment.samples_per_item)
+    groups = combine_ranks(lambda ranks: structure.groups(stacked, norms, ranks, per_query), needed, threshold)
+    blocks = combine_ranks(lambda ranks: structure.blocks(stacked, norms, ranks=ranks, per_query=per_query), needed, threshold)
+    return list(zip(groups, blocks, strict=True))
 
 
 def _float32_at_least(value: float) -> np.float32:

@@ -30,6 +30,21 @@ def test_search_equals_the_reference(data, collection, options):
 
 
 @FAST
+@given(data=st.data(), collection=collections(max_queries=8, styles=ALL_STYLES))
+def test_a_batch_of_queries_gets_what_each_query_gets_alone(data, collection):
+    """The service micro-batches concurrent questions: a batch bounds its queries' groups and blocks
+    together (one product per level), which must not change any query's answer."""
+    index = new_index(collection, strategy="blocks", block_questions=data.draw(st.integers(1, 4)))
+    index.add(collection.ids, collection.codes)
+    threshold = data.draw(thresholds(collection))
+    min_pairs = data.draw(st.integers(0, collection.samples * collection.queries.shape[1]), label="min_pairs")
+    together = index.search(collection.queries, threshold=threshold, min_pairs=min_pairs, limit=10)
+    alone = [index.search(query[None], threshold=threshold, min_pairs=min_pairs, limit=10)[0] for query in collection.queries]
+    assert together == alone
+    assert together == expected(collection, collection.ids, collection.codes, threshold, min_pairs, 10)
+
+
+@FAST
 @given(collection=collections(max_questions=60, styles=ALL_STYLES), options=index_options, limit=st.integers(1, 15))
 def test_infinite_threshold_ranks_the_nearest_questions(collection, options, limit):
     index = new_index(collection, **options)
