@@ -8,12 +8,15 @@
   questions with fewer than min_pairs pairs possibly within t) never drops a match: thresholds
   are set exactly at a question's min_pairs-th pair distance and one float step either side.
 - Real-model-shaped codes (unit vectors around cluster means in d = 128, thousands of questions,
-  so that the k-means partition, groups and question caps all engage), the shipped rule (5 of 25).
+  so that the k-means partition, groups and question caps all engage), the shipped default's rule
+  (read from models/default/config.json) and 8 of 25.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,11 +202,20 @@ def _model_like(rng: np.random.Generator, questions: int, dim: int = 128, intent
     return (codes / np.linalg.norm(codes, axis=2, keepdims=True)).astype(np.float32)
 
 
-SHIPPED_THRESHOLD, SHIPPED_MIN_PAIRS = 0.1693592518568039, 8  # models/default's calibrated rule
+def _shipped_rule() -> tuple[float, int]:
+    search = json.loads((Path(__file__).parents[2] / "models" / "default" / "config.json").read_text())["settings"]["search"]
+    return search["threshold"], search["min_pairs"]
 
 
+# The shipped default's calibrated rule, and the previous default's 8 of 25 (two query samples must
+# reach a block: the count pruning's needed > 1 path).
+RULES = {"shipped": _shipped_rule(), "8-of-25": (0.1693592518568039, 8)}
+
+
+@pytest.mark.parametrize("rule_name", sorted(RULES))
 @pytest.mark.parametrize("strategy", ["blocks", "legacy-blocks"])
-def test_model_shaped_codes_at_the_shipped_rule_and_at_its_boundaries(strategy):
+def test_model_shaped_codes_at_the_shipped_rule_and_at_its_boundaries(strategy, rule_name):
+    rule_threshold, rule_min_pairs = RULES[rule_name]
     rng = np.random.default_rng(2026)
     codes = _model_like(rng, 6000)
     ids = rng.choice(10**6, size=len(codes), replace=False).astype(np.int64)
@@ -220,16 +232,16 @@ def test_model_shaped_codes_at_the_shipped_rule_and_at_its_boundaries(strategy):
     ])
     for query in queries:
         distances = pair_distances(query, codes[live], "cosine").reshape(int(live.sum()), -1)
-        nth = np.sort(distances, axis=1)[:, SHIPPED_MIN_PAIRS - 1]
+        nth = np.sort(distances, axis=1)[:, rule_min_pairs - 1]
         at = float(np.sort(nth)[min(3, len(nth) - 1)])  # the 4th question's n-th pair: ties at t
-        for threshold in (SHIPPED_THRESHOLD, at, float(np.nextafter(at, 0.0)), float(np.nextafter(at, 1.0))):
+        for threshold in (rule_threshold, at, float(np.nextafter(at, 0.0)), float(np.nextafter(at, 1.0))):
             for limit in (10, 10**6):
-                got = index.search(query[None], threshold=threshold, min_pairs=SHIPPED_MIN_PAIRS, limit=limit)[0]
+                got = index.search(query[None], threshold=threshold, min_pairs=rule_min_pairs, limit=limit)[0]
                 want = brute_force_search(query, ids[live], codes[live], threshold=threshold,
-                                          min_pairs=SHIPPED_MIN_PAIRS, limit=limit, metric="cosine")
+                                          min_pairs=rule_min_pairs, limit=limit, metric="cosine")
                 assert got == want
     # Batches take the same per-query sources (or the dense scan) and answer the same.
-    rule = dict(threshold=SHIPPED_THRESHOLD, min_pairs=SHIPPED_MIN_PAIRS, limit=10)
+    rule = dict(threshold=rule_threshold, min_pairs=rule_min_pairs, limit=10)
     batch = index.search(queries, **rule)
     assert batch == [index.search(q[None], **rule)[0] for q in queries]
 
