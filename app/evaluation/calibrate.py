@@ -70,6 +70,9 @@ MEAN_CODE = "mean code"
 OBJECTIVES = ("top", "pairs")
 DEFAULT_TOP_TARGET_PRECISION = 0.9
 DEFAULT_OUT_OF_SCOPE_FRACTION = 0.2  # labelled corpora, objective "top"
+# Objective "top": a desk asks questions it has no answer for; at least this share of the held-out
+# out-of-scope questions must get no match (Wilson lower bound, like the precision).
+DEFAULT_MIN_OUT_OF_SCOPE_NO_MATCH = 0.8
 # Objective "top": the target must hold for the Wilson lower bound of the precision of the answers,
 # this many standard deviations down (one-sided 95%), not just for the measured share (module doc).
 PRECISION_CONFIDENCE_Z = 1.645
@@ -315,15 +318,19 @@ def choose(sweeps: Sweeps, target_precision: float | None) -> OperatingPoint:
     return best
 
 
-def choose_top(sweeps: Sweeps, target_precision: float | None, z: float = PRECISION_CONFIDENCE_Z) -> TopAnswerPoint:
+def choose_top(
+    sweeps: Sweeps, target_precision: float | None, z: float = PRECISION_CONFIDENCE_Z, min_no_match: float | None = None
+) -> TopAnswerPoint:
     """The objective "top" over every min_pairs option (TopAnswerSweep.best): the largest answered
-    share with precision of the answers >= target (its Wilson lower bound, z sd down), ties: more net
-    right answers; without a target the most net right answers; then fewer pairs, the smaller t."""
+    share with precision of the answers >= target (its Wilson lower bound, z sd down) and, with
+    min_no_match, at least that share of out-of-scope queries without a match (same bound); ties:
+    more net right answers; without a target the most net right answers; then fewer pairs, the
+    smaller t."""
     if not sweeps.tops:
         raise CalibrationError("no top answers were swept; cannot calibrate for the top answer")
     best: TopAnswerPoint | None = None
     for n in sorted(sweeps.tops):
-        point = sweeps.tops[n].best(target_precision, z)
+        point = sweeps.tops[n].best(target_precision, z, min_no_match)
         key = (lambda p: (p.net, p.answered)) if target_precision is None else (lambda p: (p.answered, p.net))
         if point is not None and (best is None or key(point) > key(best)):
             best = point
@@ -332,8 +339,9 @@ def choose_top(sweeps: Sweeps, target_precision: float | None, z: float = PRECIS
             raise CalibrationError("no held-out query has a right answer among the stored questions; cannot calibrate")
         reachable = max(s.highest_precision(z) for s in sweeps.tops.values())
         bound = f" (the lower bound of the precision, {z:g} sd down)" if z else ""
+        silence = f" with at least {min_no_match:.0%} of out-of-scope questions unanswered" if min_no_match else ""
         raise CalibrationError(
-            f"no threshold reaches precision {target_precision} of the answered top results; "
+            f"no threshold reaches precision {target_precision} of the answered top results{silence}; "
             f"the highest reached is {reachable:.3f}{bound}"
         )
     return best
@@ -350,7 +358,7 @@ def _top_sweep(sweeps: Sweeps, variant_n: int | None) -> TopAnswerSweep | None:
 
 
 def variant_table(sweeps: Sweeps, target_precision: float | None, objective: str = "pairs",
-                  z: float = PRECISION_CONFIDENCE_Z) -> list[dict]:
+                  z: float = PRECISION_CONFIDENCE_Z, min_no_match: float | None = None) -> list[dict]:
     """Each variant at its own best threshold for the objective (None where the target is
     unreachable), with the other view's figures at that threshold under "top" / the pairwise keys."""
     rows = []
@@ -360,7 +368,7 @@ def variant_table(sweeps: Sweeps, target_precision: float | None, objective: str
     for name, samples, n, sweep in variants:
         top_sweep = _top_sweep(sweeps, n)
         if objective == "top":
-            top = top_sweep.best(target_precision, z) if top_sweep is not None else None
+            top = top_sweep.best(target_precision, z, min_no_match) if top_sweep is not None else None
             point = None if top is None else pairwise_at(sweep, top.threshold)
         else:
             point = operating_point(sweep, target_precision)
@@ -455,7 +463,7 @@ def top_comparison_variants(sweeps: Sweeps, n: int | None) -> dict[str, TopAnswe
 
 
 def best_n_of(sweeps: Sweeps, chosen: OperatingPoint, target_precision: float | None, objective: str = "pairs",
-              z: float = PRECISION_CONFIDENCE_Z) -> int | None:
+              z: float = PRECISION_CONFIDENCE_Z, min_no_match: float | None = None) -> int | None:
     """The n > 1 to show as "n-of-K×K": the chosen one, or else the best n > 1 for the objective."""
     if chosen.min_pairs > 1:
         return chosen.min_pairs
@@ -466,7 +474,9 @@ def best_n_of(sweeps: Sweeps, chosen: OperatingPoint, target_precision: float | 
     if not rest.by_min_pairs:
         return None
     try:
-        return (choose_top(rest, target_precision, z) if objective == "top" else choose(rest, target_precision)).min_pairs
+        if objective == "top":
+            return choose_top(rest, target_precision, z, min_no_match).min_pairs
+        return choose(rest, target_precision).min_pairs
     except CalibrationError:
         return None
 
@@ -498,22 +508,26 @@ def calibrate(
     split: dict,
     objective: str = "pairs",
     z: float = PRECISION_CONFIDENCE_Z,
+    min_no_match: float | None = None,
 ) -> Calibration:
-    """z: objective "top" only, the target holds for the precision's Wilson lower bound z sd down."""
+    """z: objective "top" only, the target holds for the precision's Wilson lower bound z sd down.
+    min_no_match: objective "top" with a target only, the share of out-of-scope queries that must get
+    no match (by the same bound; held-out data without out-of-scope queries ignores it)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
     if objective == "top":
-        top = choose_top(sweeps, target_precision, z)
+        top = choose_top(sweeps, target_precision, z, min_no_match)
         chosen = pairwise_at(sweeps.by_min_pairs[top.min_pairs], top.threshold)
     else:
         chosen = choose(sweeps, target_precision)
         top = sweeps.tops[chosen.min_pairs].at(chosen.threshold) if chosen.min_pairs in sweeps.tops else None
-    n_of_pairs = best_n_of(sweeps, chosen, target_precision, objective, z)
+    n_of_pairs = best_n_of(sweeps, chosen, target_precision, objective, z, min_no_match)
     record = {
         "objective": objective,
         "method": METHODS[objective, target_precision is not None]
         + (f" (its Wilson lower bound, {z:g} sd down)" if objective == "top" and target_precision is not None and z else ""),
         "target_precision": target_precision,
+        "min_out_of_scope_no_match": min_no_match if objective == "top" and target_precision is not None else None,
         "model_id": model_id,
         "data": data,
         "split": split | ({"top_answers": sweeps.top_split} if sweeps.top_split else {}),
@@ -522,7 +536,7 @@ def calibrate(
                                       | {"precision_lower_bound": top.precision_bound(z or PRECISION_CONFIDENCE_Z),
                                          "bound_z": z or PRECISION_CONFIDENCE_Z}},
         "n_of_pairs": n_of_pairs,
-        "variants": variant_table(sweeps, target_precision, objective, z),
+        "variants": variant_table(sweeps, target_precision, objective, z, min_no_match),
         "equal_precision": equal_precision_comparison(sweeps.mean, comparison_variants(sweeps, n_of_pairs)),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "qsim_version": __version__,
@@ -645,6 +659,7 @@ def calibrate_after_training(
     pairs: PairsCorpus | None = None,
     teacher: np.ndarray | None = None,
     target_precision: float = DEFAULT_TOP_TARGET_PRECISION,
+    min_no_match: float | None = DEFAULT_MIN_OUT_OF_SCOPE_NO_MATCH,
     log: Callable[[str], None] = print,
     out_of_scope_fraction: float = DEFAULT_OUT_OF_SCOPE_FRACTION,
     min_pairs_options: Sequence[int] = DEFAULT_MIN_PAIRS_OPTIONS,
@@ -667,8 +682,10 @@ def calibrate_after_training(
        validation questions' lightly edited copies match their originals, a rule about surface form
        only; the record says so.
 
-    With 1-3 the choice is the objective "top" at target_precision; when no threshold reaches the
-    target, the most net right answers with no floor, and the record says target_reached false.
+    With 1-3 the choice is the objective "top" at target_precision, with at least min_no_match of
+    the out-of-scope questions unanswered; when no threshold reaches both, the target alone (the
+    record says no_match_reached false); when none reaches the target, the most net right answers
+    with no floor, and the record says target_reached false.
     """
     from app.model.artifact import update_search_defaults
     from app.model.config import SearchDefaults
@@ -726,8 +743,17 @@ def calibrate_after_training(
     record = None
     if sweeps is not None:
         try:
-            record = calibrate(sweeps, target_precision=target_precision, model_id=encoder.model_id, data=described,
-                               split=split, objective="top").record
+            try:
+                record = calibrate(sweeps, target_precision=target_precision, model_id=encoder.model_id,
+                                   data=described, split=split, objective="top", min_no_match=min_no_match).record
+            except CalibrationError as silence_unreachable:
+                if min_no_match is None:
+                    raise
+                record = calibrate(sweeps, target_precision=target_precision, model_id=encoder.model_id,
+                                   data=described, split=split, objective="top").record
+                record |= {"min_out_of_scope_no_match": min_no_match, "no_match_reached": False,
+                           "note": str(silence_unreachable)}
+                log(f"calibration: {silence_unreachable}; chose the precision target alone")
             record["target_reached"] = True
         except CalibrationError as unreachable:
             try:

@@ -183,6 +183,7 @@ def _fraction(text: str) -> float:
 
 def _calibrate_args(p: argparse.ArgumentParser) -> None:
     from app.evaluation.calibrate import (
+        DEFAULT_MIN_OUT_OF_SCOPE_NO_MATCH,
         DEFAULT_MIN_PAIRS_OPTIONS,
         DEFAULT_OUT_OF_SCOPE_FRACTION,
         DEFAULT_TOP_TARGET_PRECISION,
@@ -197,7 +198,9 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
         "Objective 'top' (default): what a desk sees, the first result: the largest share of questions answered "
         "while the precision of the answers given (an answer to an out-of-scope question is wrong) holds "
         f"--target-precision (default {DEFAULT_TOP_TARGET_PRECISION}) by its 95% lower bound; with --out-of-scope-fraction whole labels "
-        "are removed from the stored side, so their queries should get no match. Objective 'pairs': every returned "
+        "are removed from the stored side, so their queries should get no match, and at least "
+        f"--min-out-of-scope-no-match (default {DEFAULT_MIN_OUT_OF_SCOPE_NO_MATCH}) of them must get none, by the same "
+        "bound. Objective 'pairs': every returned "
         "question counts, best F1, or with --target-precision the largest recall at that precision. Both views are "
         "recorded for the chosen point, and how any-of-K×K compares with a single (mean) code at equal precision.\n\n"
         "examples:\n"
@@ -232,6 +235,12 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
         "--target-precision", type=_probability,
         help=f"top: precision of the answered top results to hold (default {DEFAULT_TOP_TARGET_PRECISION}); "
         "pairs: choose the largest recall with at least this precision (default: the best F1)",
+    )
+    p.add_argument(
+        "--min-out-of-scope-no-match", type=_probability, default=DEFAULT_MIN_OUT_OF_SCOPE_NO_MATCH,
+        help="top with a target: at least this share of the out-of-scope held-out questions must get no match "
+        "(its 95%% lower bound; when no threshold reaches it beside the precision, the precision alone decides "
+        "and the record says so; 0 turns it off)",
     )
     p.add_argument(
         "--out-of-scope-fraction", type=_fraction,
@@ -353,10 +362,18 @@ def _calibrate(args: argparse.Namespace) -> int:
             )
             described = {"kind": "labels", "path": corpus.path, "sha256": corpus.sha256, "rows": len(corpus),
                          "text_column": corpus.text_column, "label_column": corpus.label_column}
-        result = calibrate(
-            sweeps, target_precision=target, model_id=encoder.model_id, data=described, split=split,
-            objective=args.objective,
-        )
+        chosen_by = dict(target_precision=target, model_id=encoder.model_id, data=described, split=split,
+                         objective=args.objective)
+        min_no_match = args.min_out_of_scope_no_match or None
+        try:
+            result = calibrate(sweeps, **chosen_by, min_no_match=min_no_match)
+        except CalibrationError as silence_unreachable:
+            if min_no_match is None:
+                raise
+            result = calibrate(sweeps, **chosen_by)
+            result.record |= {"min_out_of_scope_no_match": min_no_match, "no_match_reached": False,
+                              "note": str(silence_unreachable)}
+            print(f"note: {silence_unreachable}; the precision target alone decided")
     except CalibrationError as error:
         raise CommandError(str(error)) from None
 

@@ -451,11 +451,23 @@ class TopAnswerSweep:
             return np.where(given > 0, self.right_answers / np.maximum(given, 1), 0.0)
         return np.where(given > 0, wilson_lower_bound(self.right_answers, np.maximum(given, 1), z), 0.0)
 
-    def best(self, target_precision: float | None, z: float = 0.0) -> TopAnswerPoint | None:
+    def no_match_bound(self, z: float) -> np.ndarray:
+        """Per candidate: the share of out-of-scope queries that get no match, by its Wilson lower
+        bound z sd down (z = 0: the share itself); 1 where there are no out-of-scope queries."""
+        if self.out_of_scope == 0:
+            return np.ones(len(self.candidates))
+        silent = self.out_of_scope - self.out_of_scope_answered
+        if z == 0:
+            return silent / self.out_of_scope
+        return wilson_lower_bound(silent, np.full(len(silent), self.out_of_scope), z)
+
+    def best(self, target_precision: float | None, z: float = 0.0, min_no_match: float | None = None) -> TopAnswerPoint | None:
         """The largest answered share whose precision over every answer given (answers to
         out-of-scope queries count wrong, so the in-scope precision holds too) is >= target, by its
         Wilson lower bound z standard deviations down when z > 0 (a lucky handful of answers does
         not reach a target); among equals the most net right answers, then the smaller threshold.
+        min_no_match: moreover at least this share of the out-of-scope queries gets no match (by
+        the same lower bound); ignored without out-of-scope queries.
         With no target (None): the most net right answers (right - wrong), then the larger answered
         share. None when no threshold reaches the target."""
         if len(self.candidates) == 0:
@@ -465,6 +477,8 @@ class TopAnswerSweep:
             ordering = np.lexsort((index, -self.answered, -self.net))
             return self.point(int(index[ordering[0]]))
         feasible = (self.overall_precision_bound(z) >= target_precision - 1e-12) & (self.answered > 0)
+        if min_no_match is not None:
+            feasible &= self.no_match_bound(z) >= min_no_match - 1e-12
         if not feasible.any():
             return None
         index = np.flatnonzero(feasible)

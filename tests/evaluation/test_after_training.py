@@ -105,6 +105,13 @@ def test_after_training_with_labels_writes_the_defaults_and_holds_labels_out(mod
     assert top["out_of_scope"] == held["queries"] and top["answered"] + top["out_of_scope_answered"] >= 1
     if record["target_reached"]:
         assert top["precision"] >= 0.9
+        # At least 80% of the held-out intents' questions unanswered (by the lower bound), or the
+        # record says the floor could not be kept beside the precision.
+        assert record["min_out_of_scope_no_match"] == 0.8
+        if record.get("no_match_reached") is False:
+            assert "out-of-scope questions unanswered" in record["note"]
+        else:
+            assert top["out_of_scope_no_match"] >= 0.8
     else:  # a weak model: the most net right answers instead, and the record says why
         assert "no threshold reaches precision 0.9" in record["note"] and top["net"] > 0
     assert QuestionEncoder.load(model_copy).default_threshold == search["threshold"]

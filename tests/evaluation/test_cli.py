@@ -58,12 +58,13 @@ def test_calibrate_on_the_training_corpus_stores_threshold_and_record(model_copy
     arguments = ["calibrate", "--model", str(model_copy), "--corpus", str(tiny_corpus_file),
                  "--text-column", "text", "--label-column", "category"]
     # The default objective: the top answer, precision of answered tops >= 0.9, 20% of the labels out
-    # of scope. A weak tiny model may not reach 0.9 on its 36 validation rows; then it says so.
+    # of scope. A weak tiny model may not reach 0.9 on its 36 validation rows (by the precision's
+    # lower bound; how weak depends on the torch threads it was trained on); then it says so.
     status = main(arguments)
     if status == 2:
         assert "no threshold reaches precision 0.9 of the answered top results" in capsys.readouterr().err
-        target = 0.5
-        assert main([*arguments, "--target-precision", "0.5"]) == 0
+        target = 0.3
+        assert main([*arguments, "--target-precision", "0.3"]) == 0
     else:
         assert status == 0
         target = 0.9

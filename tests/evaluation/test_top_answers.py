@@ -164,3 +164,36 @@ def test_top_equal_precision_comparison_counts_where_sampling_answers_more():
     assert by_level[0.5] == {MEAN_CODE: 1.0, "any-of-25": 1.0}
     verdict = comparison["versus_mean_code"]["any-of-25"]
     assert verdict["levels_answering_more"] >= 1 and verdict["levels_answering_fewer"] == 0
+
+
+def interleaved_out_of_scope(offset: float = 0.05) -> TopAnswerSweep:
+    """10 in-scope queries answered right at 0.1, 0.2, ... 1.0 and 10 out-of-scope queries answered
+    (wrongly) between them, `offset` after each (0.15, 0.25, ... 1.05)."""
+    scores = np.concatenate([np.arange(1, 11) / 10, np.arange(1, 11) / 10 + offset]).astype(np.float32)
+    in_scope = np.array([True] * 10 + [False] * 10)
+    return TopAnswerSweep(np.arange(20), scores, in_scope.copy(), in_scope)
+
+
+def test_a_floor_on_out_of_scope_silence_keeps_the_rule_from_answering_them():
+    sweep = interleaved_out_of_scope()
+    loose = sweep.best(0.4)
+    assert (loose.answered, loose.out_of_scope_answered) == (10, 9)  # precision 10/19 >= 0.4
+    strict = sweep.best(0.4, min_no_match=0.8)
+    assert (strict.answered, strict.out_of_scope_answered) == (3, 2)  # 8 of 10 out of scope unanswered
+    assert strict.out_of_scope_no_match == pytest.approx(0.8)
+    # By its lower bound, 10 out-of-scope queries are too few to show 80% silence at all.
+    assert sweep.best(0.4, z=1.645, min_no_match=0.8) is None
+
+
+def test_calibrate_records_the_floor_and_says_when_it_cannot_be_reached():
+    pairwise = ThresholdSweep(np.arange(1, 11) / 10, np.arange(1, 11) / 10 + 0.05)
+    sweeps = Sweeps({1: pairwise}, pairwise, 1, {1: interleaved_out_of_scope()}, interleaved_out_of_scope())
+    record = calibrate(sweeps, target_precision=0.4, model_id="m", data={}, split={}, objective="top", z=0,
+                       min_no_match=0.8).record
+    assert record["min_out_of_scope_no_match"] == 0.8
+    assert record["chosen"]["top"]["out_of_scope_no_match"] >= 0.8
+    # An out-of-scope query answered before any in-scope one: no threshold keeps 95% of them silent.
+    early = Sweeps({1: pairwise}, pairwise, 1, {1: interleaved_out_of_scope(-0.05)}, interleaved_out_of_scope(-0.05))
+    assert calibrate(early, target_precision=0.4, model_id="m", data={}, split={}, objective="top", z=0).top.answered == 10
+    with pytest.raises(CalibrationError, match="with at least 95% of out-of-scope questions unanswered"):
+        calibrate(early, target_precision=0.4, model_id="m", data={}, split={}, objective="top", z=0, min_no_match=0.95)
