@@ -38,6 +38,7 @@ class Encoded:
     mean: np.ndarray
     scale: np.ndarray
     samples: np.ndarray | None = None
+    coverage: list[float] | None = None  # when asked for: Tokenizer.coverage of each text
 
 
 class QuestionEncoder:
@@ -97,11 +98,15 @@ class QuestionEncoder:
         ).digest()
         return int.from_bytes(digest, "little")
 
-    def encode(self, texts: Sequence[str], k: int | None = None, batch_size: int = 256) -> Encoded:
-        """Posterior means and scales for `texts`; with `k`, also k deterministic codes per text.
+    def encode(
+        self, texts: Sequence[str], k: int | None = None, batch_size: int = 256, coverage: bool = False
+    ) -> Encoded:
+        """Posterior means and scales for `texts`; with `k`, also k deterministic codes per text; with
+        `coverage`, the share of each text the tokenizer knows (from the same tokenization).
         Raises EmptyTextError (a ValueError) for empty or whitespace-only text."""
         normalised = [normalize(t) for t in texts]
-        ids = self._tokenizer.encode(normalised)
+        pieces = self._tokenizer.pieces_of(normalised)
+        ids = [piece_ids[: self._tokenizer.max_tokens] for piece_ids in pieces]
         dim = self.latent_dim
         mean = np.empty((len(texts), dim), dtype=np.float32)
         scale = np.empty((len(texts), dim), dtype=np.float32)
@@ -126,7 +131,7 @@ class QuestionEncoder:
                 scale[rows] = chunk_scale.float().cpu().numpy()
                 if k:
                     samples[rows] = codes.float().cpu().numpy()
-        return Encoded(mean, scale, samples)
+        return Encoded(mean, scale, samples, self._tokenizer.coverage_of(normalised, pieces) if coverage else None)
 
     def _noise(self, normalised: Sequence[str], k: int) -> np.ndarray:
         """(n, k, ...) float32: each text's own noise, from a generator seeded by the text and the model id."""

@@ -23,6 +23,7 @@ class Tokenizer:
         self._processor = spm.SentencePieceProcessor(model_proto=model_proto)
         self.model_proto = model_proto
         self.max_tokens = max_tokens
+        self._known: list[int] | None = None
 
     @classmethod
     def train(
@@ -71,31 +72,41 @@ class Tokenizer:
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Subword ids per text, without BOS/EOS, truncated to `max_tokens`.
         Raises EmptyTextError for empty or whitespace-only text."""
-        normalised = [normalize(t) for t in texts]
+        return [ids[: self.max_tokens] for ids in self.pieces_of([normalize(t) for t in texts])]
+
+    def pieces_of(self, normalised: Sequence[str]) -> list[list[int]]:
+        """Every subword id of each already normalised text (not truncated)."""
         # SentencePiece's default batch encode starts a thread pool per call (~0.7 ms even for one
         # text); one thread is faster for the batches the service sees, and a lone text skips the batch path.
         if len(normalised) == 1:
-            encoded = [self._processor.encode(normalised[0], out_type=int)]
-        else:
-            encoded = self._processor.encode(normalised, out_type=int, num_threads=1)
-        return [ids[: self.max_tokens] for ids in encoded]
+            return [self._processor.encode(normalised[0], out_type=int)]
+        return self._processor.encode(list(normalised), out_type=int, num_threads=1)
 
     def coverage(self, texts: Sequence[str]) -> list[float]:
         """Per text, the share of its visible characters that fall in pieces the tokenizer learned
         (not <unk>, not byte fallback): 1.0 for text like the training corpus, near 0 for a script
         it never saw. Raises EmptyTextError like `encode`."""
+        normalised = [normalize(text) for text in texts]
+        return self.coverage_of(normalised, self.pieces_of(normalised))
+
+    def coverage_of(self, normalised: Sequence[str], pieces: Sequence[Sequence[int]]) -> list[float]:
+        """`coverage` from the normalised texts and all their subword ids (`pieces_of`)."""
+        known_chars = self._known_chars()
         shares = []
-        for text in texts:
-            normalised = normalize(text)
-            total = sum(1 for char in normalised if not char.isspace())
-            ids = self._processor.encode(normalised, out_type=int)
-            known = sum(
-                len(self._processor.id_to_piece(i).replace("\u2581", ""))
-                for i in ids
-                if i != UNK_ID and not self.is_byte(i)
-            )
+        for text, ids in zip(normalised, pieces, strict=True):
+            total = len(text) - text.count(" ")  # normalised: whitespace is single spaces
+            known = sum(known_chars[i] for i in ids)
             shares.append(min(1.0, known / total) if total else 0.0)
         return shares
+
+    def _known_chars(self) -> list[int]:
+        """Per piece id: the characters it stands for (0 for <unk> and byte-fallback pieces)."""
+        if self._known is None:
+            self._known = [
+                0 if i == UNK_ID or self.is_byte(i) else len(self._processor.id_to_piece(i).replace("\u2581", ""))
+                for i in range(self.vocab_size)
+            ]
+        return self._known
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._processor.decode([i for i in ids if i not in (PAD_ID, BOS_ID, EOS_ID)])

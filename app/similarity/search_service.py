@@ -115,8 +115,9 @@ def search(state: SearchState, queries: Sequence[SearchQuery], min_coverage: flo
     valid = [p for positions in groups.values() for p in positions]
     unique_texts = list(dict.fromkeys(queries[p].text for p in valid))
     model = ModelSummary.of(encoder)
-    codes = encoder.sample(unique_texts) if unique_texts else None
-    coverage = dict(zip(unique_texts, encoder.coverage(unique_texts), strict=True)) if unique_texts else {}
+    encoded = encoder.encode(unique_texts, k=encoder.samples_per_question, coverage=True) if unique_texts else None
+    codes = None if encoded is None else encoded.samples
+    coverage = dict(zip(unique_texts, encoded.coverage, strict=True)) if encoded is not None else {}
     row_of = {text: row for row, text in enumerate(unique_texts)}
     for (threshold, min_pairs, limit, where), positions in groups.items():
         allowed = None

@@ -63,3 +63,18 @@ def test_coverage_is_the_share_of_characters_the_tokenizer_learned(tiny_corpus_r
     assert tokenizer.coverage(["我的卡丢了", "🙂🙂"]) == [0.0, 0.0]
     mixed = tokenizer.coverage(["card 我的"])[0]
     assert mixed == pytest.approx(4 / 6)
+
+
+def test_coverage_counts_every_piece_of_a_text_longer_than_max_tokens(tokenizer):
+    # max_tokens 8: the encoder reads 8 pieces, but coverage is about the whole question.
+    long_known = "how do i top up my card and when will my new card arrive please"
+    assert len(tokenizer.encode([long_known])[0]) == 8
+    assert tokenizer.coverage([long_known]) == [1.0]
+    assert tokenizer.coverage([long_known + " 我的卡丢了我的卡丢了我的卡丢了"])[0] < 1.0
+
+
+def test_the_encoder_reports_the_coverage_of_the_tokenization_it_encoded(tiny_encoder):
+    texts = ["How do I top up my card?", "我的卡丢了", "card 我的", "  spaced \t out\nquestion  "]
+    encoded = tiny_encoder.encode(texts, k=2, coverage=True)
+    assert encoded.coverage == tiny_encoder.coverage(texts)
+    assert tiny_encoder.encode(texts, k=2).coverage is None
