@@ -62,7 +62,7 @@ from app.evaluation.sweep import (
     rule_sweeps,
 )
 from app.model.data import Corpus, PairsCorpus
-from app.model.encoder import QuestionEncoder
+from app.model.encoder import Encoded, QuestionEncoder
 
 DEFAULT_MIN_PAIRS_OPTIONS = (1, 2, 3, 5, 8, 13)
 EQUAL_PRECISION_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -73,6 +73,8 @@ DEFAULT_OUT_OF_SCOPE_FRACTION = 0.2  # labelled corpora, objective "top"
 # Objective "top": a desk asks questions it has no answer for; at least this share of the held-out
 # out-of-scope questions must get no match (Wilson lower bound, like the precision).
 DEFAULT_MIN_OUT_OF_SCOPE_NO_MATCH = 0.8
+# Draws of held-out labels pooled by a labelled calibration (sweep_labelled_draws).
+DEFAULT_OUT_OF_SCOPE_DRAWS = 4
 # Objective "top": the target must hold for the Wilson lower bound of the precision of the answers,
 # this many standard deviations down (one-sided 95%), not just for the measured share (module doc).
 PRECISION_CONFIDENCE_Z = 1.645
@@ -191,6 +193,58 @@ def sweep_labelled(
         queries.mean[:, None], query_labels, stored.mean[:, None], stored_labels, encoder.metric
     )
     return Sweeps(by_n, mean[1], k * k, tops, mean_top[1])
+
+
+def merge_sweeps(parts: Sequence[Sweeps]) -> Sweeps:
+    """Sweeps of several draws of the same held-out data pooled into one: their pairs side by side,
+    their queries one after the other (each draw's queries counted as queries of their own)."""
+    if len(parts) == 1:
+        return parts[0]
+
+    def pairwise(sweeps: list[ThresholdSweep]) -> ThresholdSweep:
+        return ThresholdSweep(np.concatenate([s.relevant for s in sweeps]), np.concatenate([s.irrelevant for s in sweeps]),
+                              sweeps[0].min_pairs)
+
+    def top(sweeps: list[TopAnswerSweep]) -> TopAnswerSweep:
+        offsets = np.cumsum([0] + [len(s.in_scope) for s in sweeps[:-1]])
+        return TopAnswerSweep(
+            np.concatenate([s.query + offset for s, offset in zip(sweeps, offsets, strict=True)]),
+            np.concatenate([s.score for s in sweeps]), np.concatenate([s.right for s in sweeps]),
+            np.concatenate([s.in_scope for s in sweeps]), min_pairs=sweeps[0].min_pairs,
+        )
+
+    first = parts[0]
+    return Sweeps(
+        {n: pairwise([p.by_min_pairs[n] for p in parts]) for n in first.by_min_pairs},
+        pairwise([p.mean for p in parts]), first.pairs,
+        {n: top([p.tops[n] for p in parts]) for n in first.tops},
+        None if first.mean_top is None else top([p.mean_top for p in parts]),
+    )
+
+
+def sweep_labelled_draws(
+    encoder: QuestionEncoder, texts: Sequence[str], labels: Sequence[str], stored_rows: np.ndarray,
+    query_rows: np.ndarray, min_pairs_options: Sequence[int], out_of_scope_fraction: float, seed: int, draws: int,
+) -> tuple[Sweeps, np.ndarray, list[dict]]:
+    """The labelled sweep with `draws` seeded draws of out-of-scope labels (seeds seed, seed + 1, ...),
+    pooled (merge_sweeps): which labels are held out moves the out-of-scope figures by several
+    points, so one draw is a noisy basis for a threshold. Every text is encoded once.
+    -> (pooled sweeps, the first draw's stored rows, each draw's description)."""
+    k = encoder.samples_per_question
+    stored_all = encoder.encode([texts[i] for i in stored_rows], k)
+    queries = encoder.encode([texts[i] for i in query_rows], k)
+    query_labels = [labels[i] for i in query_rows]
+    position = {int(row): p for p, row in enumerate(stored_rows)}
+    parts, described, first_stored = [], [], None
+    for draw in range(max(1, draws) if out_of_scope_fraction > 0 else 1):
+        kept, description = drop_out_of_scope(stored_rows, labels, query_rows, out_of_scope_fraction, seed + draw)
+        at = np.array([position[int(row)] for row in kept], dtype=np.int64)
+        stored = Encoded(stored_all.mean[at], stored_all.scale[at], stored_all.samples[at])
+        parts.append(sweep_labelled(encoder, (), [labels[i] for i in kept], (), query_labels, min_pairs_options,
+                                    stored=stored, queries=queries))
+        described.append(description)
+        first_stored = kept if first_stored is None else first_stored
+    return merge_sweeps(parts), first_stored, described
 
 
 def _pairs_top_answers(
@@ -662,6 +716,7 @@ def calibrate_after_training(
     min_no_match: float | None = DEFAULT_MIN_OUT_OF_SCOPE_NO_MATCH,
     log: Callable[[str], None] = print,
     out_of_scope_fraction: float = DEFAULT_OUT_OF_SCOPE_FRACTION,
+    out_of_scope_draws: int = DEFAULT_OUT_OF_SCOPE_DRAWS,
     min_pairs_options: Sequence[int] = DEFAULT_MIN_PAIRS_OPTIONS,
     max_queries: int | None = 2000,
     seed: int = 0,
@@ -709,14 +764,18 @@ def calibrate_after_training(
     sweeps, source, rule = None, None, None
     if corpus.labels is not None:
         source = "labels"
+        fraction = out_of_scope_fraction
         try:
-            stored_rows, split["out_of_scope"] = drop_out_of_scope(stored_rows, corpus.labels, queries, out_of_scope_fraction, seed)
+            out_of_scope_labels([corpus.labels[i] for i in queries], fraction, seed)
         except CalibrationError as error:  # one label only: nothing to hold out
             split["out_of_scope"] = {"fraction": 0.0, "labels": [], "queries": 0, "stored_removed": 0, "note": str(error)}
-        sweeps = sweep_labelled(
-            encoder, [texts[i] for i in stored_rows], [corpus.labels[i] for i in stored_rows],
-            [texts[i] for i in queries], [corpus.labels[i] for i in queries], options,
+            fraction = 0.0
+        sweeps, stored_rows, draws = sweep_labelled_draws(
+            encoder, texts, corpus.labels, stored_rows, queries, options, fraction, seed, out_of_scope_draws
         )
+        if fraction:
+            split["out_of_scope"] = draws[0] | {"draws": len(draws)}
+            split["out_of_scope_draws"] = draws
         described |= {"kind": "labels", "label_column": corpus.label_column}
         rule = "same label = right; whole labels held out of the stored side are out of scope"
     elif pairs is not None:

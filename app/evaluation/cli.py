@@ -185,6 +185,7 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
     from app.evaluation.calibrate import (
         DEFAULT_MIN_OUT_OF_SCOPE_NO_MATCH,
         DEFAULT_MIN_PAIRS_OPTIONS,
+        DEFAULT_OUT_OF_SCOPE_DRAWS,
         DEFAULT_OUT_OF_SCOPE_FRACTION,
         DEFAULT_TOP_TARGET_PRECISION,
         OBJECTIVES,
@@ -241,6 +242,11 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
         help="top with a target: at least this share of the out-of-scope held-out questions must get no match "
         "(its 95%% lower bound; when no threshold reaches it beside the precision, the precision alone decides "
         "and the record says so; 0 turns it off)",
+    )
+    p.add_argument(
+        "--out-of-scope-draws", type=_positive_int, default=DEFAULT_OUT_OF_SCOPE_DRAWS,
+        help="--corpus: seeded draws of out-of-scope labels (seeds --seed, --seed + 1, ...) pooled into one "
+        "held-out set: which labels are held out moves the out-of-scope figures by several points",
     )
     p.add_argument(
         "--out-of-scope-fraction", type=_fraction,
@@ -306,9 +312,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         DEFAULT_TOP_TARGET_PRECISION,
         CalibrationError,
         calibrate,
-        drop_out_of_scope,
         holdout_split,
-        sweep_labelled,
+        sweep_labelled_draws,
         sweep_pairs,
     )
     from app.model.artifact import update_search_defaults
@@ -353,13 +358,14 @@ def _calibrate(args: argparse.Namespace) -> int:
             stored, held_out, split = holdout_split(
                 corpus, encoder.artifact.config, args.holdout_fraction, args.seed, args.max_queries
             )
-            stored, split["out_of_scope"] = drop_out_of_scope(stored, corpus.labels, held_out, out_of_scope, args.seed)
-            split["stored"] = int(len(stored))
-            pick = lambda values, rows: [values[i] for i in rows]  # noqa: E731
-            sweeps = sweep_labelled(
-                encoder, pick(corpus.texts, stored), pick(corpus.labels, stored),
-                pick(corpus.texts, held_out), pick(corpus.labels, held_out), options,
+            sweeps, stored, draws = sweep_labelled_draws(
+                encoder, corpus.texts, corpus.labels, stored, held_out, options, out_of_scope, args.seed,
+                args.out_of_scope_draws,
             )
+            split["out_of_scope"] = draws[0] | ({"draws": len(draws)} if out_of_scope else {})
+            if out_of_scope:
+                split["out_of_scope_draws"] = draws
+            split["stored"] = int(len(stored))
             described = {"kind": "labels", "path": corpus.path, "sha256": corpus.sha256, "rows": len(corpus),
                          "text_column": corpus.text_column, "label_column": corpus.label_column}
         chosen_by = dict(target_precision=target, model_id=encoder.model_id, data=described, split=split,

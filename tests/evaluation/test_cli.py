@@ -79,7 +79,12 @@ def test_calibrate_on_the_training_corpus_stores_threshold_and_record(model_copy
     assert len(held["labels"]) >= 1 and held["queries"] >= 1 and held["stored_removed"] >= 1
     assert record["split"]["stored"] == 360 - 36 - held["stored_removed"]
     top = record["chosen"]["top"]
-    assert top["precision"] >= target and top["out_of_scope"] == held["queries"] and top["queries"] == 36 - held["queries"]
+    # Four draws of held-out labels, pooled: each draw's 36 queries count as queries of their own.
+    draws = record["split"]["out_of_scope_draws"]
+    assert len(draws) == held["draws"] == 4 and draws[0]["labels"] == held["labels"]
+    assert len({tuple(d["labels"]) for d in draws}) > 1
+    assert top["out_of_scope"] == sum(d["queries"] for d in draws)
+    assert top["precision"] >= target and top["queries"] == sum(36 - d["queries"] for d in draws)
     assert 0 <= top["out_of_scope_no_match"] <= 1 and top["answered_share"] > 0
     assert {"precision", "recall", "f1"} <= set(record["chosen"])  # the pairwise view of the same point
     assert record["top_equal_precision"]["levels"]

@@ -10,6 +10,7 @@ from app.evaluation.calibrate import (
     calibrate,
     choose_top,
     drop_out_of_scope,
+    merge_sweeps,
     out_of_scope_labels,
     top_equal_precision_comparison,
 )
@@ -197,3 +198,16 @@ def test_calibrate_records_the_floor_and_says_when_it_cannot_be_reached():
     assert calibrate(early, target_precision=0.4, model_id="m", data={}, split={}, objective="top", z=0).top.answered == 10
     with pytest.raises(CalibrationError, match="with at least 95% of out-of-scope questions unanswered"):
         calibrate(early, target_precision=0.4, model_id="m", data={}, split={}, objective="top", z=0, min_no_match=0.95)
+
+
+def test_pooled_draws_count_each_draws_queries_and_pairs():
+    one, two = sweeps_with_tops(), sweeps_with_tops()
+    pooled = merge_sweeps([one, two])
+    assert pooled.tops[1].queries == 2 * one.tops[1].queries
+    assert pooled.tops[1].out_of_scope == 2 * one.tops[1].out_of_scope
+    for threshold in (0.05, 0.25, 0.36, 1.0):
+        alone, both = one.tops[1].at(threshold), pooled.tops[1].at(threshold)
+        assert (both.answered, both.right, both.out_of_scope_answered) == (
+            2 * alone.answered, 2 * alone.right, 2 * alone.out_of_scope_answered)
+        assert pooled.by_min_pairs[1].at(threshold).as_dict()["precision"] == one.by_min_pairs[1].at(threshold).as_dict()["precision"]
+    assert choose_top(pooled, 0.9, z=0).threshold == choose_top(one, 0.9, z=0).threshold
