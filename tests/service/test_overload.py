@@ -18,14 +18,14 @@ def test_a_full_queue_answers_503_with_retry_after_and_recovers(database_url, ti
     try:
         encoder = client.app.state.runtime.applier.state.encoder
         release, busy = threading.Event(), threading.Event()
-        real_sample = encoder.sample
+        real_encode = encoder.encode
 
-        def slow_sample(texts, *args, **kwargs):
+        def slow_encode(texts, *args, **kwargs):
             busy.set()
             release.wait(30)
-            return real_sample(texts, *args, **kwargs)
+            return real_encode(texts, *args, **kwargs)
 
-        monkeypatch.setattr(encoder, "sample", slow_sample)
+        monkeypatch.setattr(encoder, "encode", slow_encode)
         results: list[int] = []
 
         def ask():
@@ -33,7 +33,7 @@ def test_a_full_queue_answers_503_with_retry_after_and_recovers(database_url, ti
 
         first = threading.Thread(target=ask)
         first.start()
-        busy.wait(10)  # one search is in the worker; the queue can take two more
+        assert busy.wait(10), "the first search should be encoding"  # the queue can take two more
         queued = [threading.Thread(target=ask) for _ in range(2)]
         for thread in queued:
             thread.start()
