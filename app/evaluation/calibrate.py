@@ -197,7 +197,8 @@ def sweep_labelled(
 
 def merge_sweeps(parts: Sequence[Sweeps]) -> Sweeps:
     """Sweeps of several draws of the same held-out data pooled into one: their pairs side by side,
-    their queries one after the other (each draw's queries counted as queries of their own)."""
+    their queries one after the other (each draw's queries counted as queries of their own for the
+    shares; for the lower bounds, the same questions are counted once: `copies`)."""
     if len(parts) == 1:
         return parts[0]
 
@@ -211,6 +212,7 @@ def merge_sweeps(parts: Sequence[Sweeps]) -> Sweeps:
             np.concatenate([s.query + offset for s, offset in zip(sweeps, offsets, strict=True)]),
             np.concatenate([s.score for s in sweeps]), np.concatenate([s.right for s in sweeps]),
             np.concatenate([s.in_scope for s in sweeps]), min_pairs=sweeps[0].min_pairs,
+            copies=sum(s.copies for s in sweeps),
         )
 
     first = parts[0]

@@ -238,7 +238,7 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
         "pairs: choose the largest recall with at least this precision (default: the best F1)",
     )
     p.add_argument(
-        "--min-out-of-scope-no-match", type=_probability, default=DEFAULT_MIN_OUT_OF_SCOPE_NO_MATCH,
+        "--min-out-of-scope-no-match", type=_fraction, default=DEFAULT_MIN_OUT_OF_SCOPE_NO_MATCH,
         help="top with a target: at least this share of the out-of-scope held-out questions must get no match "
         "(its 95%% lower bound; when no threshold reaches it beside the precision, the precision alone decides "
         "and the record says so; 0 turns it off)",

@@ -274,6 +274,7 @@ class TopAnswerPoint:
     right: int  # of those, the top result is right
     out_of_scope: int
     out_of_scope_answered: int  # out-of-scope queries that got a (necessarily wrong) answer
+    copies: int = 1  # each held-out question counted this many times (pooled draws): bounds count it once
 
     @property
     def answered_share(self) -> float:
@@ -302,7 +303,7 @@ class TopAnswerPoint:
 
     def precision_bound(self, z: float) -> float | None:
         """The Wilson lower bound of the precision, z standard deviations down."""
-        return None if not self.answered else wilson_lower_bound(self.right, self.answered, z)
+        return None if not self.answered else wilson_lower_bound(self.right / self.copies, self.answered / self.copies, z)
 
     def as_dict(self) -> dict:
         answered_all = self.answered + self.out_of_scope_answered
@@ -356,8 +357,15 @@ class TopAnswerSweep:
     """Exact answered share and precision of the answered tops at every threshold, from the events
     of top_events() (all queries' events, each query's in increasing score, queries in any order)."""
 
-    def __init__(self, query: np.ndarray, score: np.ndarray, right: np.ndarray, in_scope: np.ndarray, min_pairs: int = 1):
+    def __init__(
+        self, query: np.ndarray, score: np.ndarray, right: np.ndarray, in_scope: np.ndarray, min_pairs: int = 1,
+        copies: int = 1,
+    ):
+        """copies: how many times each held-out question appears among the queries (pooled draws of
+        the same questions, `merge_sweeps`): the lower bounds count each question once, since its
+        copies are not independent evidence."""
         self.min_pairs = min_pairs
+        self.copies = max(1, int(copies))
         self.in_scope = np.asarray(in_scope, dtype=bool)
         self.query = np.asarray(query, dtype=np.int64)
         self.score = np.asarray(score, dtype=np.float32)
@@ -408,7 +416,8 @@ class TopAnswerSweep:
         these query indices."""
         if queries is None:
             answered, right, oos = self._counts(int(np.searchsorted(self._sorted, threshold, side="right")))
-            return TopAnswerPoint(float(threshold), self.min_pairs, self.queries, answered, right, self.out_of_scope, oos)
+            return TopAnswerPoint(float(threshold), self.min_pairs, self.queries, answered, right, self.out_of_scope, oos,
+                                  self.copies)
         chosen = np.zeros(len(self.in_scope), dtype=bool)
         chosen[np.asarray(queries, dtype=np.int64)] = True
         passed = chosen[self.query] & (self.score <= threshold)
@@ -421,7 +430,7 @@ class TopAnswerSweep:
         return TopAnswerPoint(
             float(threshold), self.min_pairs, int(self.in_scope[chosen].sum()), int(scope.sum()),
             int(sum(bool(last[q]) for q in answered_queries[scope])), int((~self.in_scope[chosen]).sum()),
-            int((~scope).sum()),
+            int((~scope).sum()), self.copies,
         )
 
     def _separating_threshold(self, index: int) -> float:
@@ -433,7 +442,7 @@ class TopAnswerSweep:
     def point(self, index: int) -> TopAnswerPoint:
         return TopAnswerPoint(
             self._separating_threshold(index), self.min_pairs, self.queries, int(self.answered[index]),
-            int(self.right_answers[index]), self.out_of_scope, int(self.out_of_scope_answered[index]),
+            int(self.right_answers[index]), self.out_of_scope, int(self.out_of_scope_answered[index]), self.copies,
         )
 
     def precision_bound(self, z: float) -> np.ndarray:
@@ -441,7 +450,7 @@ class TopAnswerSweep:
         deviations below (z = 0: the precision itself); 0 where nothing in scope is answered."""
         if z == 0:
             return np.where(self.answered > 0, self.precision, 0.0)
-        bound = wilson_lower_bound(self.right_answers, np.maximum(self.answered, 1), z)
+        bound = wilson_lower_bound(self.right_answers / self.copies, np.maximum(self.answered, 1) / self.copies, z)
         return np.where(self.answered > 0, bound, 0.0)
 
     def overall_precision_bound(self, z: float) -> np.ndarray:
@@ -449,7 +458,8 @@ class TopAnswerSweep:
         given = self.answered + self.out_of_scope_answered
         if z == 0:
             return np.where(given > 0, self.right_answers / np.maximum(given, 1), 0.0)
-        return np.where(given > 0, wilson_lower_bound(self.right_answers, np.maximum(given, 1), z), 0.0)
+        bound = wilson_lower_bound(self.right_answers / self.copies, np.maximum(given, 1) / self.copies, z)
+        return np.where(given > 0, bound, 0.0)
 
     def no_match_bound(self, z: float) -> np.ndarray:
         """Per candidate: the share of out-of-scope queries that get no match, by its Wilson lower
@@ -459,7 +469,7 @@ class TopAnswerSweep:
         silent = self.out_of_scope - self.out_of_scope_answered
         if z == 0:
             return silent / self.out_of_scope
-        return wilson_lower_bound(silent, np.full(len(silent), self.out_of_scope), z)
+        return wilson_lower_bound(silent / self.copies, np.full(len(silent), self.out_of_scope / self.copies), z)
 
     def best(self, target_precision: float | None, z: float = 0.0, min_no_match: float | None = None) -> TopAnswerPoint | None:
         """The largest answered share whose precision over every answer given (answers to

@@ -294,3 +294,12 @@ def test_evaluate_a_model_with_one_code_per_question_has_no_n_of_variant(model_c
     rule = json.loads((out / "report.json").read_text())["threshold_rule"]
     assert [row["variant"] for row in rule["at_model_threshold"]] == ["mean code", "any-of-1"]
     assert rule["n_of_pairs"] is None
+
+
+def test_calibrate_floor_zero_turns_the_out_of_scope_floor_off(model_copy, tiny_corpus_file):
+    assert main(["calibrate", "--model", str(model_copy), "--corpus", str(tiny_corpus_file), "--text-column", "text",
+                 "--label-column", "category", "--target-precision", "0.3", "--min-out-of-scope-no-match", "0",
+                 "--out-of-scope-draws", "2"]) == 0
+    record = search_settings(model_copy)["calibration"]
+    assert record["min_out_of_scope_no_match"] is None
+    assert len(record["split"]["out_of_scope_draws"]) == 2 and record["chosen"]["top"]["copies"] == 2

@@ -211,3 +211,24 @@ def test_pooled_draws_count_each_draws_queries_and_pairs():
             2 * alone.answered, 2 * alone.right, 2 * alone.out_of_scope_answered)
         assert pooled.by_min_pairs[1].at(threshold).as_dict()["precision"] == one.by_min_pairs[1].at(threshold).as_dict()["precision"]
     assert choose_top(pooled, 0.9, z=0).threshold == choose_top(one, 0.9, z=0).threshold
+    # The same questions twice are not twice the evidence: the lower bounds count them once.
+    assert pooled.tops[1].copies == 2
+    assert np.allclose(pooled.tops[1].overall_precision_bound(1.645), one.tops[1].overall_precision_bound(1.645))
+    assert np.allclose(pooled.tops[1].no_match_bound(1.645), one.tops[1].no_match_bound(1.645))
+    point = pooled.tops[1].at(0.36)
+    assert point.precision_bound(1.645) == pytest.approx(one.tops[1].at(0.36).precision_bound(1.645))
+
+
+def test_pooled_draws_keep_each_draws_queries_apart():
+    """Two draws that differ: a query in scope in one draw and out of scope in the other is judged by
+    its own draw's scope (offsets keep the draws' queries apart)."""
+    first = TopAnswerSweep(np.array([0, 1]), np.array([0.1, 0.2]), np.array([True, False]), np.array([True, False]))
+    second = TopAnswerSweep(np.array([0, 1]), np.array([0.1, 0.2]), np.array([False, True]), np.array([False, True]))
+    pairwise = ThresholdSweep(np.array([0.1]), np.array([0.2]))
+    pooled = merge_sweeps([Sweeps({1: pairwise}, pairwise, 1, {1: first}, first),
+                           Sweeps({1: pairwise}, pairwise, 1, {1: second}, second)]).tops[1]
+    at = pooled.at(0.15)  # only the first events (score 0.1) pass
+    assert (at.queries, at.out_of_scope) == (2, 2)
+    assert (at.answered, at.right, at.out_of_scope_answered) == (1, 1, 1)
+    everything = pooled.at(1.0)
+    assert (everything.answered, everything.right, everything.out_of_scope_answered) == (2, 2, 2)
