@@ -778,6 +778,8 @@ def calibrate_after_training(
         if fraction:
             split["out_of_scope"] = draws[0] | {"draws": len(draws)}
             split["out_of_scope_draws"] = draws
+        else:
+            split.setdefault("out_of_scope", draws[0])
         described |= {"kind": "labels", "label_column": corpus.label_column}
         rule = "same label = right; whole labels held out of the stored side are out of scope"
     elif pairs is not None:
