@@ -231,22 +231,27 @@ def sweep_labelled_draws(
     """The labelled sweep with `draws` seeded draws of out-of-scope labels (seeds seed, seed + 1, ...),
     pooled (merge_sweeps): which labels are held out moves the out-of-scope figures by several
     points, so one draw is a noisy basis for a threshold. Every text is encoded once.
-    -> (pooled sweeps, the first draw's stored rows, each draw's description)."""
+    -> (pooled sweeps, the first draw's stored rows, the split's out-of-scope entries for the record:
+    "out_of_scope" (the first draw) and, with several draws, "out_of_scope_draws")."""
     k = encoder.samples_per_question
     stored_all = encoder.encode([texts[i] for i in stored_rows], k)
     queries = encoder.encode([texts[i] for i in query_rows], k)
     query_labels = [labels[i] for i in query_rows]
     position = {int(row): p for p, row in enumerate(stored_rows)}
-    parts, described, first_stored = [], [], None
+    parts, kept_rows, described = [], [], []
     for draw in range(max(1, draws) if out_of_scope_fraction > 0 else 1):
         kept, description = drop_out_of_scope(stored_rows, labels, query_rows, out_of_scope_fraction, seed + draw)
         at = np.array([position[int(row)] for row in kept], dtype=np.int64)
         stored = Encoded(stored_all.mean[at], stored_all.scale[at], stored_all.samples[at])
         parts.append(sweep_labelled(encoder, (), [labels[i] for i in kept], (), query_labels, min_pairs_options,
                                     stored=stored, queries=queries))
+        kept_rows.append(kept)
         described.append(description)
-        first_stored = kept if first_stored is None else first_stored
-    return merge_sweeps(parts), first_stored, described
+    if out_of_scope_fraction == 0:
+        return parts[0], kept_rows[0], {"out_of_scope": described[0]}
+    return merge_sweeps(parts), kept_rows[0], {
+        "out_of_scope": described[0] | {"draws": len(described)}, "out_of_scope_draws": described,
+    }
 
 
 def _pairs_top_answers(
@@ -604,6 +609,21 @@ def calibrate(
     return Calibration(chosen, n_of_pairs, record, top)
 
 
+def calibrate_with_floor(sweeps: Sweeps, *, min_no_match: float | None, **options) -> Calibration:
+    """`calibrate` with the out-of-scope floor, or, when no threshold keeps it beside the target, with
+    the target alone: the record then says no_match_reached false and why (`note`). Raises
+    CalibrationError when the target alone is unreachable too."""
+    try:
+        return calibrate(sweeps, min_no_match=min_no_match, **options)
+    except CalibrationError as silence_unreachable:
+        if min_no_match is None:
+            raise
+        result = calibrate(sweeps, **options)
+        result.record |= {"min_out_of_scope_no_match": min_no_match, "no_match_reached": False,
+                          "note": str(silence_unreachable)}
+        return result
+
+
 # ------------------------------------------------------------------------- after `qsim train`
 
 # Teacher pseudo-pairs: a validation question and a stored question are duplicates when the
@@ -772,14 +792,11 @@ def calibrate_after_training(
         except CalibrationError as error:  # one label only: nothing to hold out
             split["out_of_scope"] = {"fraction": 0.0, "labels": [], "queries": 0, "stored_removed": 0, "note": str(error)}
             fraction = 0.0
-        sweeps, stored_rows, draws = sweep_labelled_draws(
+        sweeps, stored_rows, out_of_scope = sweep_labelled_draws(
             encoder, texts, corpus.labels, stored_rows, queries, options, fraction, seed, out_of_scope_draws
         )
-        if fraction:
-            split["out_of_scope"] = draws[0] | {"draws": len(draws)}
-            split["out_of_scope_draws"] = draws
-        else:
-            split.setdefault("out_of_scope", draws[0])
+        for key, value in out_of_scope.items():
+            split.setdefault(key, value)  # a corpus with one label only keeps its note
         described |= {"kind": "labels", "label_column": corpus.label_column}
         rule = "same label = right; whole labels held out of the stored side are out of scope"
     elif pairs is not None:
@@ -806,17 +823,10 @@ def calibrate_after_training(
     record = None
     if sweeps is not None:
         try:
-            try:
-                record = calibrate(sweeps, target_precision=target_precision, model_id=encoder.model_id,
-                                   data=described, split=split, objective="top", min_no_match=min_no_match).record
-            except CalibrationError as silence_unreachable:
-                if min_no_match is None:
-                    raise
-                record = calibrate(sweeps, target_precision=target_precision, model_id=encoder.model_id,
-                                   data=described, split=split, objective="top").record
-                record |= {"min_out_of_scope_no_match": min_no_match, "no_match_reached": False,
-                           "note": str(silence_unreachable)}
-                log(f"calibration: {silence_unreachable}; chose the precision target alone")
+            record = calibrate_with_floor(sweeps, min_no_match=min_no_match, target_precision=target_precision,
+                                          model_id=encoder.model_id, data=described, split=split, objective="top").record
+            if record.get("no_match_reached") is False:
+                log(f"calibration: {record['note']}; chose the precision target alone")
             record["target_reached"] = True
         except CalibrationError as unreachable:
             try:

@@ -311,7 +311,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         DEFAULT_OUT_OF_SCOPE_FRACTION,
         DEFAULT_TOP_TARGET_PRECISION,
         CalibrationError,
-        calibrate,
+        calibrate_with_floor,
         holdout_split,
         sweep_labelled_draws,
         sweep_pairs,
@@ -358,28 +358,19 @@ def _calibrate(args: argparse.Namespace) -> int:
             stored, held_out, split = holdout_split(
                 corpus, encoder.artifact.config, args.holdout_fraction, args.seed, args.max_queries
             )
-            sweeps, stored, draws = sweep_labelled_draws(
+            sweeps, stored, held = sweep_labelled_draws(
                 encoder, corpus.texts, corpus.labels, stored, held_out, options, out_of_scope, args.seed,
                 args.out_of_scope_draws,
             )
-            split["out_of_scope"] = draws[0] | ({"draws": len(draws)} if out_of_scope else {})
-            if out_of_scope:
-                split["out_of_scope_draws"] = draws
-            split["stored"] = int(len(stored))
+            split |= held | {"stored": int(len(stored))}
             described = {"kind": "labels", "path": corpus.path, "sha256": corpus.sha256, "rows": len(corpus),
                          "text_column": corpus.text_column, "label_column": corpus.label_column}
-        chosen_by = dict(target_precision=target, model_id=encoder.model_id, data=described, split=split,
-                         objective=args.objective)
-        min_no_match = args.min_out_of_scope_no_match or None
-        try:
-            result = calibrate(sweeps, **chosen_by, min_no_match=min_no_match)
-        except CalibrationError as silence_unreachable:
-            if min_no_match is None:
-                raise
-            result = calibrate(sweeps, **chosen_by)
-            result.record |= {"min_out_of_scope_no_match": min_no_match, "no_match_reached": False,
-                              "note": str(silence_unreachable)}
-            print(f"note: {silence_unreachable}; the precision target alone decided")
+        result = calibrate_with_floor(
+            sweeps, min_no_match=args.min_out_of_scope_no_match or None, target_precision=target,
+            model_id=encoder.model_id, data=described, split=split, objective=args.objective,
+        )
+        if result.record.get("no_match_reached") is False:
+            print(f"note: {result.record['note']}; the precision target alone decided")
     except CalibrationError as error:
         raise CommandError(str(error)) from None
 

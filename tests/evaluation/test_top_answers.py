@@ -8,6 +8,7 @@ from app.evaluation.calibrate import (
     CalibrationError,
     Sweeps,
     calibrate,
+    calibrate_with_floor,
     choose_top,
     drop_out_of_scope,
     merge_sweeps,
@@ -198,6 +199,14 @@ def test_calibrate_records_the_floor_and_says_when_it_cannot_be_reached():
     assert calibrate(early, target_precision=0.4, model_id="m", data={}, split={}, objective="top", z=0).top.answered == 10
     with pytest.raises(CalibrationError, match="with at least 95% of out-of-scope questions unanswered"):
         calibrate(early, target_precision=0.4, model_id="m", data={}, split={}, objective="top", z=0, min_no_match=0.95)
+    # What `qsim calibrate` and `qsim train` do then: the precision target alone, and the record says so.
+    fallback = calibrate_with_floor(early, min_no_match=0.95, target_precision=0.4, model_id="m", data={}, split={},
+                                    objective="top", z=0)
+    assert fallback.top.answered == 10 and fallback.record["no_match_reached"] is False
+    assert fallback.record["min_out_of_scope_no_match"] == 0.95 and "unanswered" in fallback.record["note"]
+    kept = calibrate_with_floor(sweeps, min_no_match=0.8, target_precision=0.4, model_id="m", data={}, split={},
+                                objective="top", z=0)
+    assert "no_match_reached" not in kept.record and kept.top.out_of_scope_answered == 2
 
 
 def test_pooled_draws_count_each_draws_queries_and_pairs():
