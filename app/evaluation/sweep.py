@@ -303,7 +303,7 @@ class TopAnswerPoint:
 
     def precision_bound(self, z: float) -> float | None:
         """The Wilson lower bound of the precision, z standard deviations down."""
-        return None if not self.answered else wilson_lower_bound(self.right / self.copies, self.answered / self.copies, z)
+        return None if not self.answered else wilson_lower_bound(self.right, self.answered, z, self.copies)
 
     def as_dict(self) -> dict:
         answered_all = self.answered + self.out_of_scope_answered
@@ -317,10 +317,11 @@ class TopAnswerPoint:
         }
 
 
-def wilson_lower_bound(successes, trials, z: float):
-    """Wilson score interval's lower end (arrays or numbers; trials > 0)."""
-    n = np.asarray(trials, dtype=np.float64)
-    p = np.asarray(successes, dtype=np.float64) / n
+def wilson_lower_bound(successes, trials, z: float, copies: int = 1):
+    """Wilson score interval's lower end (arrays or numbers; trials > 0). copies: every observation
+    was counted this many times (pooled draws of the same questions): it counts once here."""
+    n = np.asarray(trials, dtype=np.float64) / copies
+    p = np.asarray(successes, dtype=np.float64) / copies / n
     bound = (p + z * z / (2 * n) - z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
     return float(bound) if bound.ndim == 0 else bound
 
@@ -450,7 +451,7 @@ class TopAnswerSweep:
         deviations below (z = 0: the precision itself); 0 where nothing in scope is answered."""
         if z == 0:
             return np.where(self.answered > 0, self.precision, 0.0)
-        bound = wilson_lower_bound(self.right_answers / self.copies, np.maximum(self.answered, 1) / self.copies, z)
+        bound = wilson_lower_bound(self.right_answers, np.maximum(self.answered, 1), z, self.copies)
         return np.where(self.answered > 0, bound, 0.0)
 
     def overall_precision_bound(self, z: float) -> np.ndarray:
@@ -458,7 +459,7 @@ class TopAnswerSweep:
         given = self.answered + self.out_of_scope_answered
         if z == 0:
             return np.where(given > 0, self.right_answers / np.maximum(given, 1), 0.0)
-        bound = wilson_lower_bound(self.right_answers / self.copies, np.maximum(given, 1) / self.copies, z)
+        bound = wilson_lower_bound(self.right_answers, np.maximum(given, 1), z, self.copies)
         return np.where(given > 0, bound, 0.0)
 
     def no_match_bound(self, z: float) -> np.ndarray:
@@ -469,7 +470,7 @@ class TopAnswerSweep:
         silent = self.out_of_scope - self.out_of_scope_answered
         if z == 0:
             return silent / self.out_of_scope
-        return wilson_lower_bound(silent / self.copies, np.full(len(silent), self.out_of_scope / self.copies), z)
+        return wilson_lower_bound(silent, self.out_of_scope, z, self.copies)
 
     def best(self, target_precision: float | None, z: float = 0.0, min_no_match: float | None = None) -> TopAnswerPoint | None:
         """The largest answered share whose precision over every answer given (answers to
