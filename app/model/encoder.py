@@ -106,7 +106,7 @@ class QuestionEncoder:
         Raises EmptyTextError (a ValueError) for empty or whitespace-only text."""
         normalised = [normalize(t) for t in texts]
         pieces = self._tokenizer.pieces_of(normalised)
-        ids = [piece_ids[: self._tokenizer.max_tokens] for piece_ids in pieces]
+        ids = self._tokenizer.truncate(pieces)
         dim = self.latent_dim
         mean = np.empty((len(texts), dim), dtype=np.float32)
         scale = np.empty((len(texts), dim), dtype=np.float32)

@@ -72,7 +72,11 @@ class Tokenizer:
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Subword ids per text, without BOS/EOS, truncated to `max_tokens`.
         Raises EmptyTextError for empty or whitespace-only text."""
-        return [ids[: self.max_tokens] for ids in self.pieces_of([normalize(t) for t in texts])]
+        return self.truncate(self.pieces_of([normalize(t) for t in texts]))
+
+    def truncate(self, pieces: list[list[int]]) -> list[list[int]]:
+        """`pieces_of`'s ids as the encoder reads them: the first `max_tokens` of each text."""
+        return [ids[: self.max_tokens] for ids in pieces]
 
     def pieces_of(self, normalised: Sequence[str]) -> list[list[int]]:
         """Every subword id of each already normalised text (not truncated)."""
