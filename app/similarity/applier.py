@@ -265,13 +265,13 @@ class ChangeApplier:
         process's index has it and every other live replica reports it (at most `timeout`, default
         QSIM_WRITE_VISIBILITY_TIMEOUT_SECONDS). False when that did not happen in time: the write
         is stored and will be applied, but may not be searchable everywhere yet."""
-        if self._state is None:
-            return True  # not serving yet: the load replays the log, this change included
         timeout = self.settings.write_visibility_timeout_seconds if timeout is None else timeout
         deadline = time.monotonic() + timeout
         self._wake.set()
+        # Not serving yet, this worker's load replays the log, this change included; the workers
+        # already serving must still apply it before the call returns.
         with self._applied:
-            while self._state.revision < revision:
+            while self._state is not None and self._state.revision < revision:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._stopping.is_set():
                     return self._lagging(revision, "this worker")

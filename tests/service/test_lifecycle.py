@@ -191,6 +191,39 @@ def test_a_loading_worker_registers_as_a_replica_before_its_last_catch_up(settin
         database.dispose()
 
 
+def test_a_write_on_a_worker_still_loading_waits_for_the_workers_already_serving(settings, first_run):
+    """A worker that has not loaded its index yet accepts writes (its own load replays them), but
+    the call returns only when the workers already answering searches have the change too: else the
+    next search, sent to one of them, would not find it."""
+    import threading
+
+    from app.admin.repository import ReplicaProgress
+
+    database = open_database(settings.database_url)
+    loading, _ = ChangeApplier.for_tools(database, settings)
+    try:
+        with database.reading() as session:
+            revision = repository.last_change(session)
+        serving = ReplicaProgress("a-serving-worker", revision - 1, 0, time.time())
+        loading.service_state.record_replica(serving)
+        assert not loading.loaded
+        assert loading.wait_visible(revision, timeout=0.3) is False
+
+        def serving_worker_applies():
+            time.sleep(0.2)
+            loading.service_state.record_replica(ReplicaProgress("a-serving-worker", revision, 0, time.time()))
+
+        applying = threading.Thread(target=serving_worker_applies)
+        applying.start()
+        started = time.monotonic()
+        assert loading.wait_visible(revision, timeout=5) is True
+        assert time.monotonic() - started >= 0.2
+        applying.join()
+    finally:
+        loading.service_state.forget_replica("a-serving-worker")
+        database.dispose()
+
+
 def test_an_index_rebuilt_page_by_page_is_served_as_one_segment(settings, first_run, monkeypatch):
     # Each search pays a fixed cost per segment: a rebuild must not leave one segment per page read.
     paged = repository.iter_summaries
