@@ -10,7 +10,8 @@ worker; and it saves the index now and then (one saver at a time per directory: 
 
 A write commits, then calls `wait_visible(revision)`: it returns once this process's index has
 applied that revision and every other live replica reports it has too, so a question is
-searchable on every worker when its call returns. Searches and the readiness probe only read the
+searchable on every worker when its call returns; it wakes the workers on this machine that are
+behind (wakeup.py), so they apply it now rather than at their next poll. Searches and the readiness probe only read the
 published state and what the last poll learnt: they never touch the database, and never wait on
 another writer's encoding.
 """
@@ -39,11 +40,14 @@ from app.questions import repository
 from app.questions.models import CHANGE_DELETE, CHANGE_META, CHANGE_UPSERT
 from app.similarity.catalog import CatalogEntry
 from app.similarity.state import SearchState, StateBuilder
+from app.similarity.wakeup import WakeupListener, WakeupSender
 
 logger = logging.getLogger(__name__)
 
 # Replica rows nobody refreshed for this long are deleted (a worker killed without a goodbye).
 FORGET_REPLICAS_AFTER_SECONDS = 3600.0
+# A write that woke the workers behind it re-reads their progress this often until they report it.
+WOKEN_REPLICA_CHECK_SECONDS = 0.004
 
 
 class NotReady(Unavailable):
@@ -79,6 +83,8 @@ class ChangeApplier:
         self._database_error: str | None = None
         self._last_heartbeat = -math.inf
         self._reported: tuple[int, int] | None = None
+        self._listener: WakeupListener | None = None
+        self._wakeups = WakeupSender()
 
     @classmethod
     def for_tools(cls, database: Database, settings: Settings) -> tuple[ChangeApplier, ActiveModel]:
@@ -131,7 +137,8 @@ class ChangeApplier:
 
     def start(self, encoder: QuestionEncoder, active: ActiveModel) -> None:
         """Starts the applier thread: it loads (or builds) the index for `encoder`, retrying while
-        the database is away, then tails the change log."""
+        the database is away, then tails the change log; another worker's write wakes it at once."""
+        self._listener = WakeupListener(self.replica_id, self._wake.set)
         self._thread = threading.Thread(target=self._run, args=(encoder, active.generation), name="change-applier",
                                         daemon=True)
         self._thread.start()
@@ -168,6 +175,9 @@ class ChangeApplier:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._listener is not None:
+            self._listener.close()
+        self._wakeups.close()
         if self._state is not None:
             self.save()
             with contextlib.suppress(SQLAlchemyError):  # it ages out
@@ -281,6 +291,7 @@ class ChangeApplier:
 
     def _wait_replicas(self, reached: Callable[[ReplicaProgress], bool], deadline: float, what: str) -> bool:
         poll = max(self.settings.applier_poll_ms / 2000.0, 0.005)
+        nudged = False
         while True:
             replicas = self.service_state.live_replicas(self.settings.replica_timeout_seconds)
             behind = [r for r in replicas if r.replica_id != self.replica_id and not reached(r)]
@@ -288,6 +299,10 @@ class ChangeApplier:
                 return True
             if time.monotonic() >= deadline:
                 return self._lagging(what, f"{len(behind)} other worker(s)")
+            if not nudged:
+                nudged = True
+                if self._wakeups.wake(r.replica_id for r in behind) == len(behind):
+                    poll = WOKEN_REPLICA_CHECK_SECONDS  # they poll now: look again soon
             time.sleep(poll)
 
     def _lagging(self, what, who: str) -> bool:

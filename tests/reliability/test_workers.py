@@ -78,3 +78,27 @@ def test_a_model_switch_reaches_every_worker(tiny_model_dir, other_tiny_model_di
             assert all([r["id"] for r in answer["results"]] == [added] for answer in found)
     finally:
         service.stop()
+
+
+def test_a_write_wakes_the_other_worker_instead_of_waiting_for_its_poll(tiny_model_dir, tmp_path):
+    """With the change-log poll 20 s apart, a write still returns at once and is searchable on both
+    workers: it wakes the other worker, which applies it now (without the wake-up, every write
+    would wait up to 20 s for the other worker's poll, or give up at the visibility timeout)."""
+    env = service_env(
+        tmp_path, tiny_model_dir, workers="2", applier_poll_ms="20000", write_visibility_timeout_seconds="30",
+        replica_heartbeat_seconds="60", replica_timeout_seconds="120",
+    )
+    service = ServiceProcess(env, tmp_path / "service.log").start()
+    try:
+        with fresh_connection(service) as client:
+            for i in range(6):
+                text = f"woken worker question {i} about a blocked card"
+                started = time.monotonic()
+                created = client.post("/questions", json={"text": text})
+                took = time.monotonic() - started
+                assert created.status_code == 201, created.text
+                assert took < 5, f"write {i} took {took:.1f} s: it waited for the other worker's poll"
+                for answer in searches_from_every_worker(client, text, count=8):
+                    assert [r["id"] for r in answer["results"]] == [created.json()["id"]], f"write {i} not seen"
+    finally:
+        service.stop()
