@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 # Replica rows nobody refreshed for this long are deleted (a worker killed without a goodbye).
 FORGET_REPLICAS_AFTER_SECONDS = 3600.0
-# A write that woke the workers behind it re-reads their progress this often until they report it.
+# A write that woke the workers behind it re-reads their progress after this long, then ever less often.
 WOKEN_REPLICA_CHECK_SECONDS = 0.004
 
 
@@ -290,7 +290,7 @@ class ChangeApplier:
         return self._wait_replicas(lambda replica: replica.revision >= revision, deadline, f"change {revision}")
 
     def _wait_replicas(self, reached: Callable[[ReplicaProgress], bool], deadline: float, what: str) -> bool:
-        poll = max(self.settings.applier_poll_ms / 2000.0, 0.005)
+        slowest = poll = max(self.settings.applier_poll_ms / 2000.0, 0.005)
         nudged = False
         while True:
             replicas = self.service_state.live_replicas(self.settings.replica_timeout_seconds)
@@ -304,6 +304,7 @@ class ChangeApplier:
                 if self._wakeups.wake(r.replica_id for r in behind) == len(behind):
                     poll = WOKEN_REPLICA_CHECK_SECONDS  # they poll now: look again soon
             time.sleep(poll)
+            poll = min(poll * 2, slowest)  # a woken worker that is slow is not read every 4 ms
 
     def _lagging(self, what, who: str) -> bool:
         logger.warning("%s has not reached %s in time; it will", who, what)
