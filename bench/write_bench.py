@@ -29,7 +29,11 @@ def request(service, method: str, path: str, body: dict) -> tuple[int, dict, flo
     started = time.perf_counter()
     connection.request(method, path, json.dumps(body), {"Content-Type": "application/json"})
     response = connection.getresponse()
-    payload = json.loads(response.read() or b"{}")
+    raw = response.read()
+    try:
+        payload = json.loads(raw or b"{}")
+    except ValueError:
+        payload = {"body": raw[:200].decode(errors="replace")}
     took = time.perf_counter() - started
     connection.close()
     return response.status, payload, took
@@ -58,8 +62,11 @@ def main() -> int:
             for service in services:
                 service.start()
             wait_ready(services, args.ready_timeout)
-            # both workers of a service answer before anything is timed
-            time.sleep(5)
+            # Both workers of a service serving before anything is timed: a search on a worker still
+            # loading waits for its load, and fresh connections reach both.
+            for service in services:
+                for _ in range(20):
+                    request(service, "POST", "/questions/similar", {"question": "a warm-up question", "limit": 1})
             timings: dict[str, list[float]] = {service.name: [] for service in services}
             unseen = dict.fromkeys(timings, 0)
             for i in range(args.writes):

@@ -138,7 +138,8 @@ class ChangeApplier:
     def start(self, encoder: QuestionEncoder, active: ActiveModel) -> None:
         """Starts the applier thread: it loads (or builds) the index for `encoder`, retrying while
         the database is away, then tails the change log; another worker's write wakes it at once."""
-        self._listener = WakeupListener(self.replica_id, self._wake.set)
+        if self._listener is None:
+            self._listener = WakeupListener(self.replica_id, self._wake.set)
         self._thread = threading.Thread(target=self._run, args=(encoder, active.generation), name="change-applier",
                                         daemon=True)
         self._thread.start()
@@ -278,16 +279,26 @@ class ChangeApplier:
         timeout = self.settings.write_visibility_timeout_seconds if timeout is None else timeout
         deadline = time.monotonic() + timeout
         self._wake.set()
-        # Not serving yet, this worker's load replays the log, this change included; the workers
-        # already serving must still apply it before the call returns.
+        # A worker still loading replays the log in its load, this change included unless its last
+        # catch-up ended first (checked again below); the workers already serving must apply it too.
+        loading = self._state is None
+        if not self._wait_applied_here(revision, deadline):
+            return self._lagging(revision, "this worker")
+        seen = self._wait_replicas(lambda replica: replica.revision >= revision, deadline, f"change {revision}")
+        if loading and self._state is not None and not self._wait_applied_here(revision, deadline):
+            return self._lagging(revision, "this worker")
+        return seen
+
+    def _wait_applied_here(self, revision: int, deadline: float) -> bool:
+        """Until this process's live index has `revision` (True at once while none is live)."""
         with self._applied:
             while self._state is not None and self._state.revision < revision:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._stopping.is_set():
-                    return self._lagging(revision, "this worker")
+                    return False
                 self._wake.set()
                 self._applied.wait(min(remaining, 0.05))
-        return self._wait_replicas(lambda replica: replica.revision >= revision, deadline, f"change {revision}")
+        return True
 
     def _wait_replicas(self, reached: Callable[[ReplicaProgress], bool], deadline: float, what: str) -> bool:
         slowest = poll = max(self.settings.applier_poll_ms / 2000.0, 0.005)

@@ -77,28 +77,31 @@ class WakeupSender:
     """Nudges other replicas' listeners; every failure is ignored (the poll covers it)."""
 
     def __init__(self) -> None:
-        self._socket: socket.socket | None = None
-        if SUPPORTED:
-            with contextlib.suppress(OSError):
-                self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-                self._socket.setblocking(False)
+        self._socket: socket.socket | None = None  # opened on the first nudge
+        self._closed = False
         self._lock = threading.Lock()
 
     def wake(self, replica_ids: Iterable[str]) -> int:
         """Sends one nudge to each replica; returns how many were delivered to a listener."""
-        if self._socket is None:
-            return 0
-        delivered = 0
         with self._lock:
+            if self._socket is None and SUPPORTED and not self._closed:
+                with contextlib.suppress(OSError):
+                    self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                    self._socket.setblocking(False)
+            if self._socket is None:
+                return 0
+            delivered = 0
             for replica_id in replica_ids:
                 try:
                     self._socket.sendto(b"w", address(replica_id))
                     delivered += 1
-                except OSError:  # not on this machine, gone, or its buffer is full of nudges already
+                except OSError:  # not on this machine, gone, or its queue is full of nudges already
                     pass
-        return delivered
+            return delivered
 
     def close(self) -> None:
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
+        with self._lock:
+            self._closed = True
+            if self._socket is not None:
+                self._socket.close()
+                self._socket = None

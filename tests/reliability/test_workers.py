@@ -91,6 +91,8 @@ def test_a_write_wakes_the_other_worker_instead_of_waiting_for_its_poll(tiny_mod
     service = ServiceProcess(env, tmp_path / "service.log").start()
     try:
         with fresh_connection(service) as client:
+            # Both workers serving before anything is timed (a search on a loading worker waits for it).
+            searches_from_every_worker(client, "a warm-up question", count=10)
             for i in range(6):
                 text = f"woken worker question {i} about a blocked card"
                 started = time.monotonic()

@@ -53,3 +53,31 @@ def test_closing_a_listener_ends_its_thread_and_frees_its_name():
         assert again.listening  # the abstract name is free again: nothing left on disk or bound
     finally:
         again.close()
+
+
+def test_a_sender_closed_while_writes_still_nudge_delivers_nothing_and_raises_nothing():
+    target, _, target_id = listener()
+    sender = WakeupSender()
+    try:
+        assert sender.wake([target_id]) == 1
+        sender.close()
+        assert sender.wake([target_id]) == 0
+    finally:
+        target.close()
+
+
+def test_a_stopped_applier_stops_listening(settings):
+    from app.core.db import open_database
+    from app.similarity.applier import ChangeApplier
+
+    database = open_database(settings.database_url)
+    applier, active = ChangeApplier.for_tools(database, settings)
+    try:
+        applier.start(applier.builder.load_encoder(active.path), active)
+        assert applier.wait_until_loaded(60)
+        assert WakeupSender().wake([applier.replica_id]) == 1
+        applier.stop()
+        assert WakeupSender().wake([applier.replica_id]) == 0
+    finally:
+        applier.stop()
+        database.dispose()
