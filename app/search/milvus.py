@@ -71,7 +71,7 @@ from typing import Any
 
 import numpy as np
 
-from app.search.bounds import UNDERFLOW_FLOOR
+from app.search.bounds import UNDERFLOW_FLOOR, unit_rows
 from app.search.index import (
     _as_codes,
     _as_ids,
@@ -614,9 +614,7 @@ class MilvusIndex:
         the engine is not mistaken for a zero vector."""
         array = np.asarray(vectors, dtype=np.float32)
         if self.metric == "cosine":
-            wide = array.astype(np.float64)
-            norms = np.linalg.norm(wide, axis=1, keepdims=True)
-            array = np.divide(wide, norms, out=np.zeros_like(wide), where=norms > 0).astype(np.float32)
+            array = unit_rows(array).astype(np.float32)
         return self._engine_vectors(array)
 
     def _engine_vectors(self, codes: np.ndarray) -> list[list[float]]:

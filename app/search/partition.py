@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from app.search.bounds import FloatErrorModel
+from app.search.bounds import FloatErrorModel, row_norms
 from app.search.kernels import single_threaded_faiss, squared_distances, squared_distances_to
 
 
@@ -331,7 +331,7 @@ class Caps:
         float32 underflow: at most D 2^-149 absolute, < 1e-36 relative to |c| >= 1e-6), is cos_b.
         A direction shorter than 1e-6 bounds nothing (theta_b = pi)."""
         count = len(sample_offsets) - 1
-        norms = np.linalg.norm(directions.astype(np.float64), axis=1)
+        norms = row_norms(directions)
         # A direction this short (codes that nearly cancel) is treated as none: float32 products
         # with it could underflow, and such a cap would bound nothing anyway.
         zero_direction = norms < MIN_DIRECTION_NORM

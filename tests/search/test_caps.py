@@ -289,3 +289,26 @@ def test_caps_never_cover_less_than_their_codes():
             if len(cosines):
                 assert caps.cos_radius[b] <= cosines.min()
             assert caps.has_zero[b] == (~nonzero[members]).any()
+
+
+def test_search_space_vectors_are_the_float64_unit_vectors_rounded_once_across_chunks():
+    """The bounds assume each search vector is its code's float64 unit vector rounded to float32
+    (zero codes: +0); the normalisation runs a cache-sized chunk at a time, so rows on both sides of
+    a chunk boundary are checked, with zero, negative-zero, subnormal and huge codes among them."""
+    from app.search.bounds import NORM_CHUNK_ROWS, row_norms
+
+    rng = np.random.default_rng(3)
+    codes = rng.standard_normal((NORM_CHUNK_ROWS // 2 + 7, 2, 16)).astype(np.float32)
+    codes[0] = 0.0
+    codes[1] = -0.0
+    codes[2, 0] = np.float32(1e-45) * rng.integers(1, 4, 16)
+    codes[3, 1] = 1e30
+    wide = codes.reshape(-1, 16).astype(np.float64)
+    norms = np.linalg.norm(wide, axis=1, keepdims=True)
+    expected = np.where(norms > 0, wide / np.where(norms > 0, norms, 1.0), 0.0).astype(np.float32).reshape(codes.shape)
+
+    vectors = SearchGeometry("cosine").to_search_space(codes)
+
+    assert vectors.dtype == np.float32 and np.array_equal(vectors.view(np.uint32), expected.view(np.uint32))
+    assert np.array_equal(row_norms(codes.reshape(-1, 16)), norms[:, 0])
+    assert SearchGeometry("l2").to_search_space(codes) is codes
