@@ -5,6 +5,8 @@
   alone validates the raw bytes and answers "Input should be a valid dictionary");
 - JSON nested deeper than the parser can follow: 400 saying so (FastAPI: "error parsing the body");
 - a query parameter the route does not take (`?offset=5`): 422 naming it, instead of ignoring it.
+
+It also registers the `{name:text}` path convertor: the rest of the path, whatever it holds.
 """
 
 from __future__ import annotations
@@ -16,7 +18,19 @@ from collections.abc import Callable
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.exceptions import HTTPException
+
+
+class TextConvertor(PathConvertor):
+    """`{name:text}`: the rest of the path, line breaks included. Starlette's `path` stops at a line
+    break, so an external id holding one (a body may store it) answered 404 by path, and one ending
+    in a newline was read as the id without it."""
+
+    regex = "(?s:.*)"
+
+
+register_url_convertor("text", TextConvertor())
 
 
 class UnsupportedMediaType(HTTPException):

@@ -169,7 +169,7 @@ def list_questions(
 
 
 @router.get(
-    "/by-external-id/{external_id:path}", response_model=QuestionOut, summary="The question with this external id",
+    "/by-external-id/{external_id:text}", response_model=QuestionOut, summary="The question with this external id",
     responses=error_responses(404),
 )
 def get_by_external_id(external_id: ExternalIdPath, questions: QuestionsDep) -> QuestionOut:
@@ -177,7 +177,7 @@ def get_by_external_id(external_id: ExternalIdPath, questions: QuestionsDep) -> 
 
 
 @router.put(
-    "/by-external-id/{external_id:path}", response_model=QuestionOut, summary="Create or replace by external id",
+    "/by-external-id/{external_id:text}", response_model=QuestionOut, summary="Create or replace by external id",
     responses={201: {"description": "created", "model": QuestionOut}, **error_responses(422)},
 )
 def put_by_external_id(
