@@ -1,6 +1,6 @@
 """Route class shared by the API routers: the checks FastAPI leaves vague, made precise.
 
-- a body that is not UTF-8: 422 saying so (FastAPI alone answers a vague 400);
+- a body that is not UTF-8, or holds a raw NUL byte: 422 saying so (FastAPI alone answers a vague 400);
 - a body sent as anything but JSON (text/plain, a form): 415 naming application/json (FastAPI
   alone validates the raw bytes and answers "Input should be a valid dictionary");
 - JSON nested deeper than the parser can follow: 400 saying so (FastAPI: "error parsing the body");
@@ -84,6 +84,12 @@ class Utf8BodyRoute(APIRoute):
                         [{"loc": ("body",), "msg": f"request body is not valid UTF-8 (byte {error.start})",
                           "type": "utf8_invalid"}]
                     ) from None
+                nul = body.find(b"\x00")
+                if nul >= 0:  # never valid JSON, and near the start json.loads would decode UTF-16 (a vague 400)
+                    raise RequestValidationError(
+                        [{"loc": ("body", nul), "msg": "JSON decode error: a raw NUL byte (inside a string write \\u0000)",
+                          "type": "json_invalid"}]
+                    )
             try:
                 return await handler(request)
             except HTTPException as error:

@@ -46,7 +46,9 @@ def test_non_finite_threshold_is_rejected(client):
 
 @pytest.mark.parametrize(
     "raw",
-    [b'{"question": "\xff\xfe broken"}', b'{"question": ', b"not json at all", b"\x00\x01\x02"],
+    [b'{"question": "\xff\xfe broken"}', b'{"question": ', b"not json at all", b"\x00\x01\x02",
+     # a NUL among the first bytes makes json.loads read UTF-8 as UTF-16 or UTF-32
+     b"\x00question", b'{"\x00": 1}', b'\x00\x00\x00{"question": "ok"}'],
 )
 def test_invalid_utf8_or_json_is_422(client, raw):
     response = client.post("/questions/similar", content=raw, headers={"content-type": "application/json"})
