@@ -96,44 +96,6 @@ def test_drift_the_change_log_does_not_show_is_reconciled(settings, first_run):
         stop(client)
 
 
-def test_a_snapshot_saved_while_the_catalog_is_read_still_finds_every_indexed_id_in_the_catalog(settings, first_run):
-    """A start-up reads the catalog while the index loads. If another worker saves a newer snapshot
-    after the catalog read began, the loaded index holds questions that read could not see: the
-    catalog is read again, so every id a search can find has its text."""
-    import threading
-
-    database = open_database(settings.database_url)
-    loader, active = ChangeApplier.for_tools(database, settings)
-    builder = loader.builder
-    encoder = builder.load_encoder(active.path)
-    real_read, real_open = builder.read_catalog, builder._open_saved
-    first_read_done = threading.Event()
-    added = []
-
-    def read_catalog():
-        result = real_read()
-        first_read_done.set()
-        return result
-
-    def open_after_another_worker_saved(encoder):
-        assert first_read_done.wait(10)
-        if not added:  # another worker stores a question and saves its index
-            import_questions(database, [NewQuestion("stored while the catalog was being read")])
-            with database.reading() as session:
-                added.extend(repository.all_ids(session)[-1:])
-            builder.save(builder.build(encoder))
-        return real_open(encoder)
-
-    builder.read_catalog, builder._open_saved = read_catalog, open_after_another_worker_saved
-    try:
-        state = builder.load_saved(encoder)
-        assert state is not None and added[0] in set(state.index.ids())
-        assert set(state.index.ids()) <= set(state.catalog.keys())
-        assert state.catalog[added[0]].text == "stored while the catalog was being read"
-    finally:
-        database.dispose()
-
-
 def test_a_damaged_saved_index_is_rebuilt(settings, first_run):
     for path in Path(settings.index_dir).rglob("*"):
         if path.is_file() and path.stat().st_size > 100:
