@@ -48,6 +48,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -62,7 +63,9 @@ from app.evaluation.sweep import (
     rule_sweeps,
 )
 from app.model.data import Corpus, PairsCorpus
-from app.model.encoder import Encoded, QuestionEncoder
+
+if TYPE_CHECKING:  # the encoder imports torch: `qsim --help` builds its parser from this module's defaults
+    from app.model.encoder import QuestionEncoder
 
 DEFAULT_MIN_PAIRS_OPTIONS = (1, 2, 3, 5, 8, 13)
 EQUAL_PRECISION_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -233,6 +236,8 @@ def sweep_labelled_draws(
     points, so one draw is a noisy basis for a threshold. Every text is encoded once.
     -> (pooled sweeps, the first draw's stored rows, the split's out-of-scope entries for the record:
     "out_of_scope" (the first draw) and, with several draws, "out_of_scope_draws")."""
+    from app.model.encoder import Encoded
+
     k = encoder.samples_per_question
     stored_all = encoder.encode([texts[i] for i in stored_rows], k)
     queries = encoder.encode([texts[i] for i in query_rows], k)
@@ -766,6 +771,7 @@ def calibrate_after_training(
     """
     from app.model.artifact import update_search_defaults
     from app.model.config import SearchDefaults
+    from app.model.encoder import QuestionEncoder
 
     encoder = QuestionEncoder.load(model_dir)
     n = len(corpus)

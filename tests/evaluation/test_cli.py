@@ -303,3 +303,13 @@ def test_calibrate_floor_zero_turns_the_out_of_scope_floor_off(model_copy, tiny_
     record = search_settings(model_copy)["calibration"]
     assert record["min_out_of_scope_no_match"] is None
     assert len(record["split"]["out_of_scope_draws"]) == 2 and record["chosen"]["top"]["copies"] == 2
+
+
+def test_qsim_help_answers_without_importing_torch():
+    """Every subcommand's parser is built for `qsim --help`; none may pull in torch (1.5 s) for it."""
+    import subprocess
+    import sys
+
+    probe = "import sys; from app.cli import build_parser; build_parser(); print(sorted({'torch', 'faiss'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
