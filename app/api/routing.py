@@ -1,6 +1,9 @@
 """Route class shared by the API routers: the checks FastAPI leaves vague, made precise.
 
-- a body that is not UTF-8, or holds a raw NUL byte: 422 saying so (FastAPI alone answers a vague 400);
+- a body that is not UTF-8 (UTF-16 and UTF-32 included), or holds a raw NUL: 422 saying so (FastAPI
+  alone answers a vague 400, or decodes UTF-16);
+- a path ending in a line break matches no route but those of `{name:text}` (Starlette's patterns
+  would read /questions/1%0A as /questions/1);
 - a body sent as anything but JSON (text/plain, a form): 415 naming application/json (FastAPI
   alone validates the raw bytes and answers "Input should be a valid dictionary");
 - JSON nested deeper than the parser can follow: 400 saying so (FastAPI: "error parsing the body");
@@ -20,6 +23,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
+from starlette.types import Scope
 
 
 class TextConvertor(PathConvertor):
@@ -59,6 +64,17 @@ def query_names(dependant) -> set[str]:
 
 
 class Utf8BodyRoute(APIRoute):
+    def __init__(self, path: str, endpoint: Callable, **kwargs):
+        super().__init__(path, endpoint, **kwargs)
+        self._takes_line_breaks = ":text}" in path
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        # Starlette ends every route pattern with `$`, which also matches before a final newline:
+        # /questions/1%0A would read, change or delete question 1.
+        if not self._takes_line_breaks and scope.get("path", "").endswith("\n"):
+            return Match.NONE, {}
+        return super().matches(scope)
+
     def get_route_handler(self) -> Callable:
         handler = super().get_route_handler()
         known_query = query_names(self.dependant)
@@ -78,16 +94,21 @@ class Utf8BodyRoute(APIRoute):
                 if body and content_type and not is_json(content_type):
                     raise UnsupportedMediaType(content_type)
                 try:
-                    body.decode("utf-8")
+                    text = body.decode("utf-8")
                 except UnicodeDecodeError as error:
                     raise RequestValidationError(
                         [{"loc": ("body",), "msg": f"request body is not valid UTF-8 (byte {error.start})",
                           "type": "utf8_invalid"}]
                     ) from None
-                nul = body.find(b"\x00")
-                if nul >= 0:  # never valid JSON, and near the start json.loads would decode UTF-16 (a vague 400)
+                nul = text.find("\x00")
+                if 0 <= nul < 4:  # where json.loads guesses the encoding: it would decode UTF-16 or UTF-32
                     raise RequestValidationError(
-                        [{"loc": ("body", nul), "msg": "JSON decode error: a raw NUL byte (inside a string write \\u0000)",
+                        [{"loc": ("body",), "msg": "request body must be UTF-8 JSON (its NUL bytes look like UTF-16 or UTF-32)",
+                          "type": "utf8_invalid"}]
+                    )
+                if nul >= 0:  # never valid JSON
+                    raise RequestValidationError(
+                        [{"loc": ("body", nul), "msg": "JSON decode error: a raw NUL character (inside a string write \\u0000)",
                           "type": "json_invalid"}]
                     )
             try:

@@ -175,6 +175,14 @@ def test_an_external_id_with_line_breaks_is_addressed_whole_by_its_path(client):
     assert client.put("/questions/by-external-id/ticket%0A42", json={"text": "card arrived broken"}).json()["id"] == created["id"]
 
 
+def test_a_path_ending_in_a_line_break_does_not_name_the_question_without_it(client):
+    question = client.post("/questions", json={"text": "card arrived broken"}).json()
+    for method in ("GET", "PATCH", "DELETE"):
+        response = client.request(method, f"/questions/{question['id']}%0A", json={"answer": "changed"})
+        assert response.status_code == 422 and "positive integer id" in response.json()["detail"], method
+    assert client.get(f"/questions/{question['id']}").json() == question
+
+
 def test_put_rejects_an_external_id_in_the_body_and_bad_fields(client):
     assert client.put("/questions/by-external-id/x", json={"text": "a", "external_id": "y"}).status_code == 422
     assert client.put("/questions/by-external-id/x", json={"answer": "no text"}).status_code == 422

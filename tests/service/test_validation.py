@@ -56,6 +56,20 @@ def test_invalid_utf8_or_json_is_422(client, raw):
     assert response.json()["detail"].startswith("body")
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32-le"])
+def test_a_utf16_or_utf32_body_is_422_asking_for_utf8(client, encoding):
+    body = '{"question": "card arrived broken"}'.encode(encoding)  # valid UTF-8 bytes, NULs and all
+    response = client.post("/questions/similar", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "must be UTF-8" in response.json()["detail"]
+
+
+def test_a_raw_nul_inside_a_string_is_a_json_error_at_its_character(client):
+    body = '{"question": "éé\x00"}'.encode()
+    response = client.post("/questions/similar", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["loc"] == ["body", 16] and "\\u0000" in response.json()["detail"]
+
+
 def test_oversized_body_is_413_whether_announced_or_streamed(client, settings):
     big = b'{"question": "' + b"a" * settings.max_body_bytes + b'"}'
     assert client.post("/questions/similar", content=big, headers={"content-type": "application/json"}).status_code == 413
