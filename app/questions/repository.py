@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import Row, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from app.questions.models import CHANGE_DELETE, CHANGE_META, CHANGE_UPSERT, Question, QuestionChange, utcnow
@@ -105,8 +105,8 @@ def summaries(session: Session, ids: Sequence[int]) -> dict[int, tuple[str, str 
 
 def iter_summaries(
     session: Session, batch_size: int = 5000, after_id: int = 0
-) -> Iterator[list[tuple[int, str, str | None, str | None, Any]]]:
-    """Questions with id > after_id as batches of (id, text, external_id, answer, metadata), in id
+) -> Iterator[Sequence[Row[tuple[int, str, str | None, str | None, Any]]]]:
+    """Questions with id > after_id as batches of rows (id, text, external_id, answer, metadata), in id
     order (keyset pagination: no offset scans)."""
     after = after_id
     while True:

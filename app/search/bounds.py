@@ -39,18 +39,20 @@ NORM_CHUNK_ROWS = 1 << 12
 
 def row_norms(rows: np.ndarray) -> np.ndarray:
     """rows (n, D) float -> (n,) float64 Euclidean norms, the values np.linalg.norm(rows in float64,
-    axis=1) gives, computed a cache-sized chunk at a time."""
+    axis=1) gives for C-order rows (in any layout: numpy sums a row pairwise only in C order),
+    computed a cache-sized chunk at a time."""
     norms = np.empty(len(rows), dtype=np.float64)
     for start in range(0, len(rows), NORM_CHUNK_ROWS):
-        wide = rows[start : start + NORM_CHUNK_ROWS].astype(np.float64)
+        wide = rows[start : start + NORM_CHUNK_ROWS].astype(np.float64, order="C")
         norms[start : start + NORM_CHUNK_ROWS] = np.sqrt(np.add.reduce(wide * wide, axis=1))
     return norms
 
 
 def unit_rows(rows: np.ndarray) -> np.ndarray:
     """rows (n, D) float -> (n, D) float64 rows scaled to unit length in float64 (so tiny nonzero
-    float32 rows, whose float32 norm could underflow to 0, stay nonzero); zero rows stay +0."""
-    wide = rows.astype(np.float64)
+    float32 rows, whose float32 norm could underflow to 0, stay nonzero); zero rows stay +0. Rows
+    must be finite (codes are checked when added, queried and loaded)."""
+    wide = rows.astype(np.float64, order="C")
     norms = np.sqrt(np.add.reduce(wide * wide, axis=1, keepdims=True))
     np.divide(wide, norms, out=wide, where=norms > 0)
     wide[norms[:, 0] == 0] = 0.0

@@ -196,9 +196,9 @@ class StateBuilder:
         """The saved index for `encoder` (FAISS: its directory; Milvus: the collection the alias
         names) with a fresh catalog, or None when there is none usable (the caller builds one). It
         may lag the database: the applier catches it up. The catalog is read after the index, so it
-        holds every question the index holds. (Read in a second thread meanwhile, it saved nothing:
-        the index load's many short GIL-free steps queued behind the catalog's Python work, 100k
-        questions 1.4-1.7 s -> 2.5-3.0 s.)"""
+        holds every question of the index that still exists (the applier replays later deletions).
+        Read in a second thread meanwhile, it saved nothing: the index load's many short GIL-free
+        steps queued behind the catalog's Python work (100k questions: 1.4-1.7 s -> 2.5-3.0 s)."""
         try:
             index = self._open_saved(encoder)
         except IndexFileError as error:

@@ -312,3 +312,9 @@ def test_search_space_vectors_are_the_float64_unit_vectors_rounded_once_across_c
     assert vectors.dtype == np.float32 and np.array_equal(vectors.view(np.uint32), expected.view(np.uint32))
     assert np.array_equal(row_norms(codes.reshape(-1, 16)), norms[:, 0])
     assert SearchGeometry("l2").to_search_space(codes) is codes
+    # Whatever the memory layout (column-major, a last chunk of one row): the bits of C-order rows.
+    rows = rng.standard_normal((NORM_CHUNK_ROWS + 1, 128)).astype(np.float32)
+    assert np.array_equal(row_norms(np.asfortranarray(rows)), np.linalg.norm(rows.astype(np.float64), axis=1))
+    column_major = np.asfortranarray(codes.reshape(-1, 16))
+    assert np.array_equal(SearchGeometry("cosine").to_search_space(column_major).view(np.uint32),
+                          expected.reshape(-1, 16).view(np.uint32))
