@@ -37,6 +37,12 @@ MAX_ABS_CODE = 1e15
 NORM_CHUNK_ROWS = 1 << 12
 
 
+def _wide_norms(wide: np.ndarray) -> np.ndarray:
+    """wide (n, D) float64 C-order -> (n, 1) norms: the one formula the caps' norms and the search
+    vectors share (np.linalg.norm's, so the same bits)."""
+    return np.sqrt(np.add.reduce(wide * wide, axis=1, keepdims=True))
+
+
 def row_norms(rows: np.ndarray) -> np.ndarray:
     """rows (n, D) float -> (n,) float64 Euclidean norms, the values np.linalg.norm(rows in float64,
     axis=1) gives for C-order rows (in any layout: numpy sums a row pairwise only in C order),
@@ -44,7 +50,7 @@ def row_norms(rows: np.ndarray) -> np.ndarray:
     norms = np.empty(len(rows), dtype=np.float64)
     for start in range(0, len(rows), NORM_CHUNK_ROWS):
         wide = rows[start : start + NORM_CHUNK_ROWS].astype(np.float64, order="C")
-        norms[start : start + NORM_CHUNK_ROWS] = np.sqrt(np.add.reduce(wide * wide, axis=1))
+        norms[start : start + NORM_CHUNK_ROWS] = _wide_norms(wide)[:, 0]
     return norms
 
 
@@ -53,7 +59,7 @@ def unit_rows(rows: np.ndarray) -> np.ndarray:
     float32 rows, whose float32 norm could underflow to 0, stay nonzero); zero rows stay +0. Rows
     must be finite (codes are checked when added, queried and loaded)."""
     wide = rows.astype(np.float64, order="C")
-    norms = np.sqrt(np.add.reduce(wide * wide, axis=1, keepdims=True))
+    norms = _wide_norms(wide)
     np.divide(wide, norms, out=wide, where=norms > 0)
     wide[norms[:, 0] == 0] = 0.0
     return wide

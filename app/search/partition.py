@@ -244,7 +244,7 @@ def _balls(flat: np.ndarray, sample_offsets: np.ndarray, max_norms: np.ndarray, 
         squared = squared_distances_to(centres[i], samples)
         slack = errors.squared_slack(np.linalg.norm(centres[i].astype(np.float64)), max_norms[i])
         radii[i] = math.sqrt(float(squared.max()) + float(slack)) * (1.0 + 1e-9)
-    return Balls(centres, np.linalg.norm(centres.astype(np.float64), axis=1), radii)
+    return Balls(centres, row_norms(centres), radii)
 
 
 # ------------------------------------------------------------------------------ bounding in the metric
