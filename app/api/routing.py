@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import email.message
 import functools
+import sys
 from collections.abc import Callable
 
 from fastapi import Request, Response
@@ -118,6 +119,11 @@ class Utf8BodyRoute(APIRoute):
                     raise HTTPException(
                         400, "request body nests JSON arrays or objects too deeply to parse; "
                         "no qsim request needs more than a few levels",
+                    ) from None
+                if error.status_code == 400 and isinstance(error.__cause__, ValueError) and "digits" in str(error.__cause__):
+                    raise RequestValidationError(
+                        [{"loc": ("body",), "msg": f"JSON decode error: a number with more than "
+                          f"{sys.get_int_max_str_digits()} digits", "type": "json_invalid"}]
                     ) from None
                 raise
 

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 MAX_ANSWER_CHARS = 20_000
 MAX_METADATA_BYTES = 16_384
+# Nesting deeper than this is refused on the way in: pydantic cannot serialise much deeper values
+# (about 250 levels) in a response, so such a row would be stored and then unreadable.
+MAX_METADATA_DEPTH = 32
 
 
 def documented_limit(name: str) -> str:
@@ -64,16 +67,18 @@ ExternalId = Annotated[
 AnswerText = Annotated[str, Field(max_length=MAX_ANSWER_CHARS), AfterValidator(_storable)]
 
 
-def _storable_json(value: Any) -> None:
+def _storable_json(value: Any, depth: int = 1) -> None:
+    """Raises for strings that cannot be stored and for nesting deeper than MAX_METADATA_DEPTH
+    (`depth` is the nesting level of `value`: the metadata object itself is level 1)."""
     if isinstance(value, str):
         _storable(value)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _storable(key)
-            _storable_json(item)
-    elif isinstance(value, list):
-        for item in value:
-            _storable_json(item)
+    elif isinstance(value, dict | list):
+        if depth > MAX_METADATA_DEPTH:
+            raise ValueError(f"must not nest objects and arrays more than {MAX_METADATA_DEPTH} levels deep")
+        for key, item in value.items() if isinstance(value, dict) else enumerate(value):
+            if isinstance(key, str):
+                _storable(key)
+            _storable_json(item, depth + 1)
 
 
 def _check_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -99,7 +104,7 @@ def _check_filter(value: dict[str, Any] | None) -> dict[str, Any] | None:
         _storable(key)
         if isinstance(item, str):
             _storable(item)
-        elif isinstance(item, bool) or (isinstance(item, int | float) and math.isfinite(item)):
+        elif isinstance(item, int) or (isinstance(item, float) and math.isfinite(item)):  # bool is an int
             continue
         else:
             kind = {dict: "an object", list: "an array", type(None): "null"}.get(type(item), "a non-finite number")

@@ -126,3 +126,34 @@ def test_batch_limits(client):
 def test_unknown_route_and_method_are_4xx(client):
     assert client.get("/nowhere").status_code == 404
     assert client.put("/questions/1", json={}).status_code == 405
+
+
+def test_metadata_nested_too_deep_is_422_and_stores_nothing(client):
+    deep = "[" * 40 + "]" * 40  # a response could not serialise much deeper (~250): refused on the way in
+    body = '{"text": "Where is my card?", "metadata": {"x": ' + deep + "}}"
+    response = client.post("/questions", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "levels deep" in response.json()["detail"]
+    assert client.get("/questions").json()["total"] == 0
+    nested = {"x": [[[["fine"]]]]}
+    assert client.post("/questions", json={"text": "Where is my card?", "metadata": nested}).status_code == 201
+    assert client.get("/questions").json()["items"][0]["metadata"] == nested
+
+
+@pytest.mark.parametrize("path", ["/questions/similar", "/questions/similar/batch"])
+def test_a_huge_integer_in_a_filter_is_a_value_like_any_other(client, path):
+    huge = int("1" * 400)  # beyond float range: no finite-number check may convert it
+    body = {"questions": ["card"]} if path.endswith("batch") else {"question": "card"}
+    assert client.post(path, json={**body, "filter": {"k": huge}}).status_code == 200
+    created = client.post("/questions", json={"text": "card", "metadata": {"k": huge}})
+    assert created.status_code == 201
+    hits = client.post("/questions/similar", json={"question": "card", "filter": {"k": huge}}).json()["results"]
+    assert [h["id"] for h in hits] == [created.json()["id"]]
+
+
+def test_a_number_too_long_to_read_is_422_naming_the_body(client):
+    body = '{"question": "card", "limit": ' + "9" * 5000 + "}"
+    response = client.post("/questions/similar", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "digits" in response.json()["detail"]
+    body = '{"text": "card", "metadata": {"n": ' + "1" * 5000 + "}}"
+    response = client.post("/questions", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and client.get("/questions").json()["total"] == 0
