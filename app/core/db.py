@@ -10,13 +10,15 @@ Reads and writes use separate session factories:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import DateTime, Engine, TypeDecorator, create_engine, event, text
+from sqlalchemy import JSON, BigInteger, DateTime, Engine, Integer, TypeDecorator, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -25,6 +27,26 @@ WRITE_LOCK_KEY = 0x7173696D  # "qsim"
 
 class Base(DeclarativeBase):
     pass
+
+
+# Surrogate keys: SQLite only auto-increments INTEGER PRIMARY KEY columns, and only never reuses a
+# deleted row's id with AUTOINCREMENT (the tables that use this pass SQLITE_NEVER_REUSE_IDS).
+Identifier = BigInteger().with_variant(Integer(), "sqlite")
+SQLITE_NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
+
+
+def json_text(value: Any) -> str:
+    """A JSON value as canonical text: equal for equal documents, different for `true` and `1`
+    (which Python's == calls equal) or `1` and `1.0`."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, allow_nan=False)
+
+
+class JSONDocument(JSON):
+    """JSON whose change detection compares documents, not Python values: with plain JSON,
+    SQLAlchemy leaves {"flag": 1} -> {"flag": true} out of the UPDATE because 1 == True."""
+
+    def compare_values(self, x: Any, y: Any) -> bool:
+        return json_text(x) == json_text(y)
 
 
 class UTCDateTime(TypeDecorator):

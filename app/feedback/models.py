@@ -8,17 +8,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.core.db import Base, UTCDateTime
+from app.core.db import SQLITE_NEVER_REUSE_IDS, Base, Identifier, UTCDateTime
 from app.questions.models import utcnow
-
-Identifier = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Feedback(Base):
     __tablename__ = "feedback"
+    __table_args__ = SQLITE_NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(Identifier, primary_key=True, autoincrement=True)
     question: Mapped[str] = mapped_column(Text, nullable=False)

@@ -40,3 +40,32 @@ def test_the_service_refuses_an_unmigrated_database(tmp_path, tiny_model_dir):
     settings = make_settings(f"sqlite:///{tmp_path / 'blank.db'}", tiny_model_dir, tmp_path)
     with pytest.raises(Exception, match="run `alembic upgrade head`"), TestClient(create_app(settings)):
         pass
+
+
+def test_upgrading_a_sqlite_database_keeps_its_rows_and_stops_id_reuse(tmp_path):
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url), "0003")
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        for question_id in (1, 2, 3):
+            connection.execute(
+                sa.text("INSERT INTO questions (id, text, external_id, created_at, updated_at) "
+                        "VALUES (:id, :text, :external, '2026-11-01', '2026-11-01')"),
+                {"id": question_id, "text": f"question {question_id}", "external": f"e{question_id}"},
+            )
+        connection.execute(sa.text("DELETE FROM questions WHERE id = 3"))
+    upgrade_to_head(url)
+    check_schema(engine)
+    with engine.begin() as connection:
+        assert connection.execute(sa.text("SELECT id, external_id FROM questions ORDER BY id")).all() == [(1, "e1"), (2, "e2")]
+        connection.execute(sa.text("DELETE FROM questions WHERE id = 2"))
+        connection.execute(sa.text("INSERT INTO questions (text, created_at, updated_at) VALUES ('new', '2026-12-01', '2026-12-01')"))
+        assert connection.execute(sa.text("SELECT max(id) FROM questions")).scalar_one() == 3  # not 2 again
+        with pytest.raises(sa.exc.IntegrityError):  # the unique external id survived the copy
+            connection.execute(sa.text("INSERT INTO questions (text, external_id, created_at, updated_at) "
+                                       "VALUES ('dup', 'e1', '2026-12-01', '2026-12-01')"))
+    indexes = {index["name"] for index in sa.inspect(engine).get_indexes("feedback")}
+    assert "ix_feedback_question_id" in indexes
+    engine.dispose()

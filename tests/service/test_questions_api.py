@@ -119,3 +119,31 @@ def test_bulk_rejects_an_external_id_twice_in_one_request(client):
         "/questions/bulk", json={"questions": [{"text": "a", "external_id": "x"}, {"text": "b", "external_id": "x"}]}
     )
     assert response.status_code == 422 and "'x' appears more than once" in response.json()["detail"]
+
+
+def test_an_id_is_never_handed_out_twice_even_after_the_highest_is_deleted(client):
+    first = client.post("/questions", json={"text": "Where is my new card?"}).json()["id"]
+    last = client.post("/questions", json={"text": "How do I top up by bank transfer?"}).json()["id"]
+    assert client.delete(f"/questions/{last}").status_code == 204
+    newest = client.post("/questions", json={"text": "Can I freeze my card?"}).json()["id"]
+    assert newest > last > first
+    assert client.get(f"/questions/{last}").status_code == 404
+
+
+def test_metadata_changes_between_true_and_1_are_stored_and_logged(client):
+    created = client.post("/questions", json={"text": "Is my card blocked?", "external_id": "e1", "metadata": {"vip": 1}})
+    question_id = created.json()["id"]
+    patched = client.patch(f"/questions/{question_id}", json={"metadata": {"vip": True}})
+    assert patched.status_code == 200 and patched.json()["metadata"] == {"vip": True}
+    assert client.get(f"/questions/{question_id}").json()["metadata"] == {"vip": True}
+    assert ids_found_with(client, "Is my card blocked?", {"vip": True}) == [question_id]
+    assert ids_found_with(client, "Is my card blocked?", {"vip": 1}) == []
+
+    put = client.put("/questions/by-external-id/e1", json={"text": "Is my card blocked?", "metadata": {"vip": 0.0}})
+    assert put.status_code == 200 and client.get(f"/questions/{question_id}").json()["metadata"] == {"vip": 0.0}
+    replay = client.put("/questions/by-external-id/e1", json={"text": "Is my card blocked?", "metadata": {"vip": 0.0}})
+    assert replay.json()["updated_at"] == put.json()["updated_at"]  # the same document changes nothing
+
+
+def ids_found_with(client, text, where) -> list[int]:
+    return [r["id"] for r in search(client, text, threshold=1e-6, filter=where)["results"]]
