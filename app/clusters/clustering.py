@@ -42,22 +42,34 @@ def similarity_graph(
     index: SimilarityIndex, ids: np.ndarray, *, threshold: float, min_pairs: int, batch: int = 128,
     progress: Progress | None = None,
 ) -> Graph:
-    """Every question's matches among `ids` (those stored in the index), exactly."""
+    """Every question's matches among `ids` (those stored in the index), exactly. The index may
+    change while this runs (the service keeps writing): a question deleted before its turn is left
+    out of the graph, and so is every edge to it."""
     stored = np.intersect1d(np.unique(np.asarray(ids, dtype=np.int64)), index.ids())
+    searched: list[np.ndarray] = []
     neighbours: list[np.ndarray] = []
     distances: list[np.ndarray] = []
     for start in range(0, len(stored), batch):
         chunk = stored[start : start + batch]
-        found = index.search(
-            index.get_codes(chunk), threshold=threshold, min_pairs=min_pairs, limit=len(stored), allowed=stored
-        )
+        try:
+            codes = index.get_codes(chunk)
+        except KeyError:  # some were deleted meanwhile
+            chunk = chunk[np.isin(chunk, index.ids())]
+            codes = index.get_codes(chunk)
+        found = index.search(codes, threshold=threshold, min_pairs=min_pairs, limit=len(stored), allowed=stored)
+        searched.append(chunk)
         for qid, matches in zip(chunk.tolist(), found, strict=True):
             others = [m for m in matches if m.id != qid]
             neighbours.append(np.fromiter((m.id for m in others), dtype=np.int64, count=len(others)))
             distances.append(np.fromiter((m.distance for m in others), dtype=np.float64, count=len(others)))
         if progress:
-            progress(min((start + len(chunk)) / max(len(stored), 1), 1.0))
-    return Graph(stored, neighbours, distances)
+            progress(min((start + batch) / max(len(stored), 1), 1.0))
+    graph_ids = np.concatenate(searched) if searched else np.empty(0, dtype=np.int64)
+    if len(graph_ids) < len(stored):
+        kept = [np.isin(n, graph_ids) for n in neighbours]
+        neighbours = [n[k] for n, k in zip(neighbours, kept, strict=True)]
+        distances = [d[k] for d, k in zip(distances, kept, strict=True)]
+    return Graph(graph_ids, neighbours, distances)
 
 
 def leader_clusters(graph: Graph) -> list[Cluster]:
