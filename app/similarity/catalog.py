@@ -171,6 +171,14 @@ class Catalog:
             result = np.intersect1d(result, other, assume_unique=True)
         return result
 
+    def passes(self, question_id: int, where: Mapping[str, Any]) -> bool:
+        """Whether the question's metadata passes `where` now (False for a question not catalogued)."""
+        entry = self._entries.get(question_id)
+        if entry is None:
+            return False
+        meta = entry.meta if isinstance(entry.meta, dict) else {}
+        return all(key in meta and canonical(meta[key]) == canonical(value) for key, value in where.items())
+
     def _array(self, posting) -> np.ndarray:
         array = self._arrays.get(posting)
         if array is None:

@@ -123,9 +123,9 @@ def search(state: SearchState, queries: Sequence[SearchQuery], min_coverage: flo
         allowed = None
         if where is not None:
             try:
+                # Always the set, even when every question passes: the change applier may add a
+                # question that does not pass before the index search runs.
                 allowed = state.catalog.allowed(dict(where))
-                if len(allowed) == len(state.catalog):
-                    allowed = None  # every question passes (the catalog holds every indexed id)
             except InvalidFilter as error:
                 for p in positions:
                     answers[p] = InvalidQuery(str(error), field="filter")
@@ -137,14 +137,14 @@ def search(state: SearchState, queries: Sequence[SearchQuery], min_coverage: flo
             found = state.index.search(codes[rows], threshold=threshold, min_pairs=min_pairs, limit=limit, allowed=allowed)
             for position, matches in zip(readable, found, strict=True):
                 answers[position] = SearchAnswer(
-                    threshold, min_pairs, model, _hits(state, matches), coverage[queries[position].text]
+                    threshold, min_pairs, model, _hits(state, matches, where), coverage[queries[position].text]
                 )
         for position in unreadable:
             text = queries[position].text
             matches = _identical(state, text, codes[[row_of[text]]], threshold, limit, allowed)
             share = coverage[text]
             answers[position] = SearchAnswer(
-                threshold, min_pairs, model, _hits(state, matches), share, LOW_COVERAGE,
+                threshold, min_pairs, model, _hits(state, matches, where), share, LOW_COVERAGE,
                 f"the model knows {share:.0%} of this question's characters (below QSIM_MIN_COVERAGE "
                 f"{min_coverage:.0%}: another script or symbols it was not trained on), so its codes say little "
                 "about its meaning; only stored questions with the same text are returned",
@@ -190,11 +190,13 @@ def _resolve(encoder: QuestionEncoder, query: SearchQuery) -> tuple:
     return threshold, min_pairs, query.limit, query.filter
 
 
-def _hits(state: SearchState, matches: list[Match]) -> list[Hit]:
+def _hits(state: SearchState, matches: list[Match], where: tuple[tuple[str, Any], ...] | None = None) -> list[Hit]:
+    """The matches as results, read from the catalog now: without those deleted while we searched
+    and, under a filter, those whose metadata no longer passes it (changed while we searched)."""
     hits = []
     for match in matches:
         entry = state.catalog.get(match.id)
-        if entry is not None:  # deleted while we searched
+        if entry is not None and (where is None or state.catalog.passes(match.id, dict(where))):
             hits.append(Hit(match.id, entry.text, entry.external_id, match.distance, match.pairs_within, entry.answer,
                             entry.meta))
     return hits

@@ -134,3 +134,28 @@ def test_batches_and_encodes_time_out_like_single_searches(database_url, tiny_mo
             assert late.status_code == 503 and "not answered within 0.5 s" in late.json()["detail"], path
         release.set()
         blocked.join(30)
+
+
+def test_a_filtered_search_never_returns_what_a_concurrent_write_put_outside_the_filter(client, monkeypatch):
+    """The change applier may write between the catalog's answer to a filter and the index
+    search: a question added for another tenant, or a question moved to another tenant, then
+    must not appear in this tenant's results."""
+    text = "Where is my new card?"
+    moved = client.post("/questions", json={"text": text, "metadata": {"tenant": "acme"}}).json()["id"]
+    state = client.app.state.runtime.applier.state
+    real_search = state.index.search
+    added = []
+
+    def search_after_a_write(*args, **kwargs):
+        if not added:  # the write lands after the filter was turned into ids, before the search
+            added.append(client.post("/questions", json={"text": text, "metadata": {"tenant": "other"}}).json()["id"])
+            assert client.patch(f"/questions/{moved}", json={"metadata": {"tenant": "other"}}).status_code == 200
+        return real_search(*args, **kwargs)
+
+    monkeypatch.setattr(state.index, "search", search_after_a_write)
+    found = client.post("/questions/similar", json={"question": text, "threshold": 1e-6, "filter": {"tenant": "acme"}})
+    assert found.status_code == 200 and added
+    assert found.json()["results"] == []  # neither the other tenant's new question nor the moved one
+    monkeypatch.undo()
+    others = client.post("/questions/similar", json={"question": text, "threshold": 1e-6, "filter": {"tenant": "other"}})
+    assert sorted(r["id"] for r in others.json()["results"]) == sorted([moved, added[0]])
