@@ -101,6 +101,7 @@ def explain(body: ExplainBody, desk: DeskDep) -> ExplainResponse:
         question=body.question,
         model=_rule(found.rule),
         revision=found.revision,
+        limit=body.limit,
         query=ExplainQuery(mean=found.query_mean.tolist(), samples=found.query_samples.tolist()),
         results=[
             ExplainedQuestion(

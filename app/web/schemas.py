@@ -34,7 +34,8 @@ class ExplainRequest(StrictModel):
         "nearest by closest pair",
     )
     limit: int = Field(
-        25, ge=1, description=f"how many nearest questions when ids is null; at most {documented_limit('max_limit')}"
+        25, ge=1, description=f"how many nearest questions when ids is null; at most {documented_limit('max_limit')} "
+        "(left out: 25, or that maximum when it is lower)"
     )
 
     def apply_limits(self, check: LimitCheck, loc: Loc = ()) -> None:
@@ -63,6 +64,7 @@ class ExplainResponse(BaseModel):
     question: str
     model: Rule
     revision: int = Field(description="index revision the distances were read at")
+    limit: int = Field(description="the nearest questions asked for (the request's limit, lowered to QSIM_MAX_LIMIT)")
     query: ExplainQuery
     results: list[ExplainedQuestion] = Field(description="nearest first (by closest pair)")
     missing: list[int] = Field(description="asked-for ids the index does not hold (deleted?)")

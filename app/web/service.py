@@ -276,10 +276,12 @@ class DeskService:
         revision = state.revision  # read first: a change applied meanwhile triggers a rebuild later
         encoder = state.encoder
         all_ids = state.index.ids()
-        ids = np.asarray([qid for qid in sample_ids(all_ids, self.max_points).tolist() if qid in state.catalog], dtype=np.int64)
+        # One catalog read per question: a delete between two reads would leave a hole.
+        entries = [(qid, state.catalog.get(qid)) for qid in sample_ids(all_ids, self.max_points).tolist()]
+        keys = [(qid, entry.text) for qid, entry in entries if entry is not None]
+        ids = np.asarray([qid for qid, _ in keys], dtype=np.int64)
         if self._means_model != encoder.model_id:
             self._means, self._means_model = {}, encoder.model_id
-        keys = [(qid, state.catalog[qid].text) for qid in ids.tolist()]
         todo = [key for key in keys if key not in self._means]
         for start in range(0, len(todo), ENCODE_CHUNK):
             chunk = todo[start : start + ENCODE_CHUNK]

@@ -326,3 +326,23 @@ def test_readable_without_sideways_scroll(chromium, desk_service, tiny_corpus_ro
     finally:
         context.close()
     assert log.refused == [] and errors == [], (log.refused, errors)
+
+
+def test_a_service_whose_result_limit_is_below_the_pages_pool_still_answers(chromium, tiny_model_dir, tiny_corpus_rows, tmp_path):
+    import httpx
+
+    from tests.reliability.service_process import ServiceProcess, service_env
+    from tests.web.conftest import stored_rows
+
+    service = ServiceProcess(service_env(tmp_path, tiny_model_dir, max_limit="5"), tmp_path / "service.log").start()
+    context, page, _, errors = open_page(chromium, service.base)
+    try:
+        rows = stored_rows(tiny_corpus_rows)
+        assert httpx.post(f"{service.base}/questions/bulk", json={"questions": rows}, timeout=120).status_code == 201
+        shown = ask(page, tiny_corpus_rows[4]["text"])
+        assert "Could not search" not in page.text_content("#status")
+        assert shown and len(shown) <= 5
+        assert errors == []
+    finally:
+        context.close()
+        service.stop()

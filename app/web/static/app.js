@@ -170,10 +170,11 @@
     setStatus("Searching…", "busy");
     $("ask-button").disabled = true;
     try {
-      const explained = await api("POST", "/questions/explain", { question: text, limit: POOL });
+      // No limit sent: the service pools POOL nearest, or its QSIM_MAX_LIMIT when that is lower.
+      const explained = await api("POST", "/questions/explain", { question: text });
       if (seq !== state.seq) return;
       adoptRule(explained.model);
-      state.query = { text, samples: explained.query.samples, mean: explained.query.mean };
+      state.query = { text, samples: explained.query.samples, mean: explained.query.mean, limit: explained.limit };
       state.pool = new Map(explained.results.map((r) => [r.id, r]));
       state.feedback.clear();
       for (const item of state.items.values()) item.remove();
@@ -201,7 +202,7 @@
   async function confirmWithService(seq) {
     if (!state.query) return;
     const answer = await api("POST", "/questions/similar", {
-      question: state.query.text, limit: POOL, threshold: state.t, min_pairs: state.m,
+      question: state.query.text, limit: state.query.limit, threshold: state.t, min_pairs: state.m,
     });
     if (seq !== state.seq) return;
     // A question the model cannot read (reason "low_coverage") is answered by identical texts only:
@@ -632,7 +633,7 @@
     } catch (error) {
       if (error.status === 409 && error.data && error.data.job_id) {
         setAdmin(`A job is already running (${error.data.job_id}); watching it.`, "busy");
-        watchJob(error.data.job_id, "reindex");
+        watchJob(error.data.job_id, kind); // jobs conflict only with a running job of their own kind
       } else if (error.status === 404 || error.status === 405) {
         setAdmin(`This service has no ${kind === "reindex" ? "reindex" : "cluster"} jobs (${path} answered ${error.status}).`, "error");
       } else {
