@@ -43,9 +43,10 @@ NOT_READY = {503: {"description": "not ready, with reasons", "model": Readiness}
 
 @router.get("/readyz", summary="Ready to answer searches", response_model=Readiness, responses=NOT_READY)
 def readyz(runtime: RuntimeDep) -> JSONResponse:
-    """For the load balancer in front of searches: ready when the model and index are loaded and
-    (while the database answers) the index has applied every change in it. A database outage does
-    not make it fail: searches keep being answered from the index (`database` says the outage)."""
+    """For the load balancer in front of searches: ready when the model and index are loaded (the
+    index replayed the change log as it loaded; `pending_changes` counts what other processes wrote
+    since that it has not applied yet, which does not fail readiness). A database outage does not
+    make it fail: searches keep being answered from the index (`database` says the outage)."""
     report = runtime.readiness(writes=False)
     return JSONResponse(report, status_code=200 if report["status"] == "ready" else 503)
 
