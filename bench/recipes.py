@@ -1,6 +1,6 @@
 """Training recipes side by side: how each lever moves the latent's meaning (models/README.md).
 
-    python -m bench.recipes --only teacher-full [--labels] [--epochs 8]
+    python -m bench.recipes --only teacher-full [--labels] [--epochs 8] [--desk snips]
     python -m bench.recipes --baselines
 
 Each recipe is `qsim train` on the BANKING77 training questions (with the transfer set where the
@@ -10,6 +10,9 @@ recipe says so), measured on two held-out sets and never on the BANKING77 test s
   other 9,003 questions; relevant = same intent;
 - out of domain: SNIPS (data/snips: 1,000 queries against 3,000 stored requests, 7 intents), a
   domain no model here is trained on.
+
+`--desk snips` trains on SNIPS's 3,000 stored requests instead (a desk in another domain training
+on its own log; BANKING77 validation is then the out-of-domain set).
 
 qsim ranks by the closest of the K x K code pairs (the service's order) and, for comparison, by the
 mean code. TF-IDF, BM25 and all-MiniLM-L6-v2 (from the teacher's cache) run on the same splits.
@@ -38,6 +41,7 @@ BANKING = ROOT / "data" / "banking77" / "train.csv"
 TRANSFER = ROOT / "data" / "questions" / "transfer.txt"
 SNIPS_STORED = ROOT / "data" / "snips" / "stored.csv"
 SNIPS_QUERIES = ROOT / "data" / "snips" / "queries.csv"
+DESKS = {"banking77": (BANKING, "text", "category"), "snips": (SNIPS_STORED, "text", "intent")}
 TEXT_ONLY_OFF = {"label_weight": 0.0}
 
 # name -> (description, settings overrides by section, use the transfer set)
@@ -56,6 +60,16 @@ RECIPES: dict[str, tuple[str, dict, bool]] = {
     "regression-init": ("+ subword embeddings from the teacher", {"training": {"augment": 0.0}}, False),
     "regression-init-augment": ("+ augmentation", {}, False),
     "teacher-full": ("+ transfer set (the default recipe)", {}, True),
+    "transfer-10k": (
+        "+ transfer set, a pool of 10,000 of its questions",
+        {"training": {"transfer_pool": 10000}},
+        True,
+    ),
+    "transfer-10k-half": (
+        "+ transfer set, a pool of 10,000 of its questions, 5,000 per epoch",
+        {"training": {"transfer_pool": 10000, "transfer_per_epoch": 5000}},
+        True,
+    ),
     "regression-only": (
         "the default text-only recipe without the relational term",
         {"training": {"teacher_weight": 0.0}},
@@ -140,7 +154,9 @@ def measure_model(model_dir: Path, sets) -> dict:
     return rows
 
 
-def train(name: str, overrides: dict, transfer: bool, labels: bool, epochs: int | None) -> tuple[Path, float]:
+def train(
+    name: str, overrides: dict, transfer: bool, labels: bool, epochs: int | None, desk: str = "banking77"
+) -> tuple[Path, float]:
     from app.model.train import Trainer
 
     settings = ModelSettings()
@@ -151,8 +167,9 @@ def train(name: str, overrides: dict, transfer: bool, labels: bool, epochs: int 
         settings.training.label_weight = 0.0
     if epochs:
         settings.training.epochs = epochs
-    out = OUT / ("labels" if labels else "text") / name
-    corpus = read_corpus(BANKING, "text", "category" if labels else None)
+    out = OUT / ("" if desk == "banking77" else desk) / ("labels" if labels else "text") / name
+    path, text_column, label_column = DESKS[desk]
+    corpus = read_corpus(path, text_column, label_column if labels else None)
     started = time.perf_counter()
     Trainer(
         corpus, out, settings, seed=13, progress=False, log=lambda line: print(f"  [{name}] {line}", flush=True),
@@ -166,6 +183,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=sorted(RECIPES), default=[])
     parser.add_argument("--labels", action="store_true", help="train with the BANKING77 categories")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    parser.add_argument("--desk", choices=sorted(DESKS), default="banking77", help="the questions the recipes train on")
     parser.add_argument("--baselines", action="store_true", help="also measure TF-IDF, BM25 and MiniLM")
     parser.add_argument("--model", type=Path, nargs="*", default=[], help="measure these trained models as well")
     args = parser.parse_args()
@@ -176,7 +194,7 @@ def main() -> None:
             results.setdefault(method, ({}, None))[0][set_name] = metrics
     for name in args.only:
         description, overrides, transfer = RECIPES[name]
-        model_dir, seconds = train(name, overrides, transfer, args.labels, args.epochs)
+        model_dir, seconds = train(name, overrides, transfer, args.labels, args.epochs, args.desk)
         for (set_name, variant), metrics in measure_model(model_dir, sets).items():
             results.setdefault(f"{description} [{variant}]", ({}, seconds))[0][set_name] = metrics
     for model_dir in args.model:
@@ -192,7 +210,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     with (OUT / "results.jsonl").open("a") as handle:
         for method, (by_set, seconds) in results.items():
-            handle.write(json.dumps({"method": method, "labels": args.labels, "seconds": seconds, **{
+            handle.write(json.dumps({"method": method, "desk": args.desk, "labels": args.labels, "seconds": seconds, **{
                 n: {"p_at_1": m.precision_at_1, "map_at_10": m.map_at_10} for n, m in by_set.items()}}) + "\n")
 
 

@@ -134,6 +134,7 @@ def load_artifact(model_dir: Path | str, device: str = "cpu") -> Artifact:
     try:
         # Artifacts from before an architecture option existed were trained without it.
         config["settings"]["architecture"].setdefault("bag_features", False)
+        config["settings"].setdefault("training", {}).setdefault("transfer_pool", 0)  # all of the transfer set
         settings = ModelSettings.model_validate(config["settings"])
     except (KeyError, ValidationError) as error:
         raise ArtifactError(f"{model_dir / CONFIG_FILE} has invalid settings: {error}") from None

@@ -22,10 +22,17 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         help="optional column of categories/intents; recorded with the data, and used by supervised objectives",
     )
     p.add_argument("--out", type=Path, required=True, help="artifact directory to write (created if missing)")
-    p.add_argument(
+    transfer = p.add_mutually_exclusive_group()
+    transfer.add_argument(
         "--transfer", type=Path, nargs="+", metavar="FILE",
-        help="unlabelled questions to distil on besides the corpus: text files, one question per line "
-        "(e.g. data/questions/transfer.txt); a fresh sample of training.transfer_per_epoch each epoch",
+        help="unlabelled questions to distil on besides the corpus: text files, one question per line; "
+        "default: the bundled general corpus data/questions/transfer.txt (none with --init, whose model "
+        "learned from it); training.transfer_pool of them, training.transfer_per_epoch each epoch",
+    )
+    transfer.add_argument(
+        "--no-transfer", action="store_true",
+        help="train on the corpus alone (faster; measured in models/README.md: the latent then serves "
+        "questions unlike the corpus's worse)",
     )
     p.add_argument(
         "--pairs", type=Path,
@@ -61,6 +68,26 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
 
 
+def _transfer_files(args: argparse.Namespace, teacher: str) -> list[Path]:
+    """The transfer set: --transfer's files, or by default the bundled general corpus, which only
+    the teacher's distillation makes worth its training time."""
+    from app.model.data import bundled_transfer_file
+    from app.model.teacher import minilm_available
+
+    if args.no_transfer:
+        return []
+    if args.transfer:
+        return list(args.transfer)
+    if args.init or teacher == "none" or not minilm_available():
+        return []  # --init: the model it starts from learned from it; a desk's log is the point now
+    bundled = bundled_transfer_file()
+    if bundled is None:
+        print("note: the bundled transfer set (data/questions/transfer.txt) is not in this installation: training "
+              "on the corpus alone, so the latent serves questions unlike the corpus's worse (--transfer FILE adds one)")
+        return []
+    return [bundled]
+
+
 @command("train", "train a model artifact on a question corpus", _train_args)
 def _train(args: argparse.Namespace) -> int:
     from app.model.artifact import load_artifact
@@ -78,7 +105,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.teacher:
         settings.training.teacher = args.teacher
     corpus = read_corpus(args.corpus, args.text_column, args.label_column)
-    transfer = [text for path in args.transfer or () for text in read_lines(path)]
+    transfer = [text for path in _transfer_files(args, settings.training.teacher) for text in read_lines(path)]
     pairs = read_pairs(args.pairs, tuple(args.pair_columns) if args.pair_columns else None) if args.pairs else None
     init = load_artifact(args.init) if args.init else None
     if not 0 < args.target_precision <= 1:

@@ -93,8 +93,12 @@ class TrainingConfig(_Strict):
         0.5, ge=0, le=1, description="share of training questions whose encoder input is corrupted (word "
         "dropout, a swap or a deleted span) while the targets stay the original question's"
     )
+    transfer_pool: int = Field(
+        10000, ge=0, description="use at most this many questions of the transfer set (--transfer), a fixed sample "
+        "by the seed (0: all of them); the teacher embeds each once, so the pool bounds the training time"
+    )
     transfer_per_epoch: int = Field(
-        10000, ge=0, description="at most this many transfer-set questions (--transfer) in each epoch, a "
+        5000, ge=0, description="at most this many transfer-set questions (--transfer) in each epoch, a "
         "fresh sample every epoch"
     )
     pairs_weight: float = Field(1.0, ge=0, description="weight of the known-duplicate pairs term (--pairs)")

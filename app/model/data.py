@@ -97,6 +97,13 @@ def read_corpus(
     )
 
 
+def bundled_transfer_file() -> Path | None:
+    """The general question corpus shipped with qsim (data/questions/transfer.txt: 40,000 questions
+    and requests from public sources, data/questions/SOURCES.md), when this installation has it."""
+    path = Path(__file__).resolve().parents[2] / "data" / "questions" / "transfer.txt"
+    return path if path.is_file() else None
+
+
 def read_lines(path: Path | str) -> list[str]:
     """Questions from a text file, one per line; blank lines are skipped."""
     path = Path(path)

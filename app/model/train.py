@@ -165,7 +165,7 @@ class Trainer:
         self.progress = progress
         self.log = log
         self.cfg = settings.training
-        self.transfer = list(dict.fromkeys(transfer or []))
+        self.transfer = self._transfer_pool(list(dict.fromkeys(transfer or [])))
         self.pairs = pairs
         self.init = init
         self.teacher_cache = teacher_cache
@@ -183,6 +183,14 @@ class Trainer:
         if self.cfg.teacher == "none":
             self.cfg.embedding_init = "random"
         self.writer = ArtifactWriter(self.out_dir, settings, corpus, seed=seed, command=command, sources=self._sources())
+
+    def _transfer_pool(self, transfer: list[str]) -> list[str]:
+        """At most `transfer_pool` of the transfer questions, a sample fixed by the seed, in file order."""
+        pool = self.cfg.transfer_pool
+        if not pool or len(transfer) <= pool:
+            return transfer
+        kept = np.sort(np.random.default_rng(self.seed).choice(len(transfer), pool, replace=False))
+        return [transfer[i] for i in kept]
 
     def _sources(self) -> dict:
         sources: dict = {}

@@ -132,6 +132,26 @@ def test_transfer_questions_are_trained_on_but_never_validated_or_labelled(tiny_
     assert result.best.val_label_accuracy is not None  # validation rows are the corpus's labelled ones
 
 
+def test_the_transfer_pool_is_a_fixed_sample_by_the_seed(tiny_corpus_file, tmp_path):
+    from app.model.data import read_corpus
+
+    corpus = read_corpus(tiny_corpus_file, "text", "category")
+    transfer = [f"zebra crossing number {i} near the zoo" for i in range(40)]
+    settings = tiny()
+    settings.training.transfer_pool = 8
+
+    def pool(seed: int, out: str) -> list[str]:
+        return Trainer(corpus, tmp_path / out, settings, seed=seed, progress=False, log=lambda _: None,
+                       transfer=transfer).transfer
+
+    first = pool(3, "a")
+    assert len(first) == 8 and set(first) <= set(transfer)
+    assert first == sorted(first, key=transfer.index)  # in file order
+    assert pool(3, "b") == first and pool(4, "c") != first
+    settings.training.transfer_pool = 0
+    assert pool(3, "d") == transfer  # 0: all of them
+
+
 def test_fine_tuning_starts_from_the_given_model(tiny_model_dir, tiny_corpus_rows, tmp_path):
     start = load_artifact(tiny_model_dir)
     rows = tiny_corpus_rows[:60]

@@ -51,3 +51,39 @@ def test_the_cli_defaults_are_the_recipe():
     assert training.teacher == "minilm" and training.embedding_init == "teacher"
     assert training.teacher_regression_weight > 0 and training.teacher_weight > 0 and training.augment > 0
     assert settings.tokenizer.vocab_size == 8000
+    assert (training.transfer_pool, training.transfer_per_epoch) == (10000, 5000)  # the bundled set, within 10 minutes
+
+
+def test_the_shipped_defaults_differences_are_written_down():
+    from app.model.artifact import load_artifact
+    from app.model.config import load_settings_file
+    from tests.conftest import ROOT
+
+    shipped = load_artifact(ROOT / "models" / "default").settings.training
+    recipe = load_settings_file(ROOT / "models" / "default.train.json").training  # what make train-default passes
+    assert (shipped.epochs, shipped.transfer_pool, shipped.transfer_per_epoch) == (
+        recipe.epochs, recipe.transfer_pool, recipe.transfer_per_epoch
+    ) == (16, 0, 10000)
+
+
+def test_qsim_train_distils_on_the_bundled_transfer_set_unless_told_otherwise(monkeypatch, tmp_path):
+    import argparse
+
+    from app.model import cli
+    from app.model.data import bundled_transfer_file
+
+    monkeypatch.setattr("app.model.teacher.minilm_available", lambda: True)
+    bundled = bundled_transfer_file()
+    assert bundled is not None and bundled.name == "transfer.txt"  # shipped with the repository
+
+    def files(teacher="minilm", **given) -> list:
+        args = argparse.Namespace(**{"no_transfer": False, "transfer": None, "init": None, **given})
+        return cli._transfer_files(args, teacher)
+
+    assert files() == [bundled]
+    assert files(transfer=[tmp_path / "mine.txt"]) == [tmp_path / "mine.txt"]
+    assert files(no_transfer=True) == []
+    assert files(init=tmp_path / "models" / "default") == []  # it learned from the transfer set already
+    assert files(teacher="none") == []  # without the teacher the transfer set only costs time
+    monkeypatch.setattr("app.model.teacher.minilm_available", lambda: False)
+    assert files() == []
