@@ -3,7 +3,8 @@
 Without it SQLite hands the highest id back out once its row is deleted, so a desk that kept id
 n (or a verdict recorded on it) would find another question under it. PostgreSQL's sequences
 never reuse ids: nothing to do there. The tables are copied into new ones (Alembic's batch mode),
-keeping their rows, constraints and indexes; ids deleted before this migration cannot be known.
+keeping their rows, constraints and indexes. Question ids deleted before this migration are still
+in the change log (never pruned) and in feedback: the counter starts above every one of them.
 
 Revision ID: 0004
 Revises: 0003
@@ -12,6 +13,7 @@ Create Date: 2026-12-03
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
@@ -32,6 +34,17 @@ def _recreate(autoincrement: bool) -> None:
 
 def upgrade() -> None:
     _recreate(True)
+    bind = op.get_bind()
+    if bind.dialect.name != "sqlite":
+        return
+    # The copy left the counter at the largest id present; a deleted one may be larger.
+    highest = bind.execute(sa.text(
+        "SELECT max(highest) FROM (SELECT max(id) AS highest FROM questions "
+        "UNION ALL SELECT max(question_id) FROM question_changes UNION ALL SELECT max(question_id) FROM feedback)"
+    )).scalar()
+    if highest:
+        bind.execute(sa.text("DELETE FROM sqlite_sequence WHERE name = 'questions'"))
+        bind.execute(sa.text("INSERT INTO sqlite_sequence (name, seq) VALUES ('questions', :highest)"), {"highest": highest})
 
 
 def downgrade() -> None:

@@ -55,14 +55,18 @@ def test_upgrading_a_sqlite_database_keeps_its_rows_and_stops_id_reuse(tmp_path)
                         "VALUES (:id, :text, :external, '2026-11-01', '2026-11-01')"),
                 {"id": question_id, "text": f"question {question_id}", "external": f"e{question_id}"},
             )
-        connection.execute(sa.text("DELETE FROM questions WHERE id = 3"))
+            connection.execute(sa.text("INSERT INTO question_changes (question_id, op, created_at) "
+                                       "VALUES (:id, 'upsert', '2026-11-01')"), {"id": question_id})
+        connection.execute(sa.text("DELETE FROM questions WHERE id = 3"))  # the highest id, gone before the upgrade
+        connection.execute(sa.text("INSERT INTO question_changes (question_id, op, created_at) VALUES (3, 'delete', '2026-11-01')"))
     upgrade_to_head(url)
     check_schema(engine)
     with engine.begin() as connection:
         assert connection.execute(sa.text("SELECT id, external_id FROM questions ORDER BY id")).all() == [(1, "e1"), (2, "e2")]
         connection.execute(sa.text("DELETE FROM questions WHERE id = 2"))
         connection.execute(sa.text("INSERT INTO questions (text, created_at, updated_at) VALUES ('new', '2026-12-01', '2026-12-01')"))
-        assert connection.execute(sa.text("SELECT max(id) FROM questions")).scalar_one() == 3  # not 2 again
+        # neither 2 (deleted now) nor 3 (deleted before the upgrade, known from the change log) again
+        assert connection.execute(sa.text("SELECT max(id) FROM questions")).scalar_one() == 4
         with pytest.raises(sa.exc.IntegrityError):  # the unique external id survived the copy
             connection.execute(sa.text("INSERT INTO questions (text, external_id, created_at, updated_at) "
                                        "VALUES ('dup', 'e1', '2026-12-01', '2026-12-01')"))
