@@ -234,7 +234,7 @@ class ArtifactWriter:
         import io
 
         buffer = io.BytesIO()
-        torch.save(state | {"data_sha256": self.corpus.sha256, "seed": self.seed}, buffer)
+        torch.save(state | {"data_sha256": self.corpus.sha256, "seed": self.seed, "sources": self._sources_key()}, buffer)
         _atomic_write(self.out_dir / TRAIN_STATE_FILE, buffer.getvalue())
 
     def load_train_state(self) -> dict | None:
@@ -246,7 +246,15 @@ class ArtifactWriter:
             raise ArtifactError(f"cannot resume: {path} was trained on different data")
         if state.get("seed") != self.seed:
             raise ArtifactError(f"cannot resume: {path} was trained with seed {state.get('seed')}, not {self.seed}")
+        if state.get("sources", self._sources_key()) != self._sources_key():  # states from before this check pass
+            raise ArtifactError(
+                f"cannot resume: {path} was trained with other transfer questions, pairs or start model "
+                "(--transfer, --no-transfer, --pairs, --init, or the defaults that choose them, differ)"
+            )
         return state
+
+    def _sources_key(self) -> str:
+        return _sha256(json.dumps(self.sources, sort_keys=True).encode())
 
     def write_metrics(self, history: list, best_epoch: int, stopped: str, wall_seconds: float) -> None:
         from dataclasses import asdict

@@ -26,8 +26,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     transfer.add_argument(
         "--transfer", type=Path, nargs="+", metavar="FILE",
         help="unlabelled questions to distil on besides the corpus: text files, one question per line; "
-        "default: the bundled general corpus data/questions/transfer.txt (none with --init, whose model "
-        "learned from it); training.transfer_pool of them, training.transfer_per_epoch each epoch",
+        "default: the bundled general corpus data/questions/transfer.txt when the teacher is installed "
+        "(none with --init: the shipped default learned from it); training.transfer_pool of them, "
+        "training.transfer_per_epoch each epoch",
     )
     transfer.add_argument(
         "--no-transfer", action="store_true",

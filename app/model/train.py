@@ -6,6 +6,7 @@ same weights as an uninterrupted run, and two runs with one seed are identical o
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -187,15 +188,21 @@ class Trainer:
     def _transfer_pool(self, transfer: list[str]) -> list[str]:
         """At most `transfer_pool` of the transfer questions, a sample fixed by the seed, in file order."""
         pool = self.cfg.transfer_pool
+        self.transfer_offered = len(transfer)
         if not pool or len(transfer) <= pool:
             return transfer
         kept = np.sort(np.random.default_rng(self.seed).choice(len(transfer), pool, replace=False))
+        self.log(f"transfer set: a pool of {pool} of its {len(transfer)} questions (training.transfer_pool), "
+                 f"{min(pool, self.cfg.transfer_per_epoch)} of them per epoch")
         return [transfer[i] for i in kept]
 
     def _sources(self) -> dict:
         sources: dict = {}
         if self.transfer:
-            sources["transfer"] = {"questions": len(self.transfer)}
+            digest = hashlib.sha256("\n".join(self.transfer).encode()).hexdigest()
+            sources["transfer"] = {"questions": len(self.transfer), "sha256": digest}
+            if self.transfer_offered > len(self.transfer):
+                sources["transfer"]["pool_of"] = self.transfer_offered
         if self.pairs is not None:
             sources["pairs"] = {"path": self.pairs.path, "sha256": self.pairs.sha256, "rows": len(self.pairs)}
         if self.init is not None:

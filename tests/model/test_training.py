@@ -15,9 +15,9 @@ def quiet(_):
     pass
 
 
-def train(corpus_file, out, settings, seed=3, **kwargs):
+def train(corpus_file, out, settings, seed=3, transfer=None, **kwargs):
     corpus = read_corpus(corpus_file, "text", "category")
-    return Trainer(corpus, out, settings, seed=seed, progress=False, log=quiet).run(**kwargs)
+    return Trainer(corpus, out, settings, seed=seed, progress=False, log=quiet, transfer=transfer).run(**kwargs)
 
 
 def settings_with(tiny_settings, **training) -> ModelSettings:
@@ -59,6 +59,16 @@ def test_resume_refuses_other_data(tiny_corpus_file, tiny_settings, tmp_path):
     other.write_text(tiny_corpus_file.read_text() + "one more question,card_arrival\n")
     with pytest.raises(ArtifactError, match="different data"):
         train(other, tmp_path / "m", settings_with(tiny_settings, epochs=2), resume=True)
+
+
+def test_resume_refuses_other_transfer_questions(tiny_corpus_file, tiny_settings, tmp_path):
+    from app.model.artifact import ArtifactError
+
+    transfer = [f"a general question number {i}" for i in range(20)]
+    train(tiny_corpus_file, tmp_path / "m", settings_with(tiny_settings, epochs=1), transfer=transfer[:10])
+    with pytest.raises(ArtifactError, match="other transfer questions"):
+        train(tiny_corpus_file, tmp_path / "m", settings_with(tiny_settings, epochs=2), resume=True, transfer=transfer)
+    train(tiny_corpus_file, tmp_path / "m", settings_with(tiny_settings, epochs=2), resume=True, transfer=transfer[:10])
 
 
 def test_metrics_log_each_epoch_with_kl_and_active_units(tiny_model_dir, tiny_settings):
