@@ -51,11 +51,12 @@ def similarity_graph(
     distances: list[np.ndarray] = []
     for start in range(0, len(stored), batch):
         chunk = stored[start : start + batch]
-        try:
-            codes = index.get_codes(chunk)
-        except KeyError:  # some were deleted meanwhile
-            chunk = chunk[np.isin(chunk, index.ids())]
-            codes = index.get_codes(chunk)
+        while True:
+            try:
+                codes = index.get_codes(chunk)
+                break
+            except KeyError:  # some were deleted meanwhile
+                chunk = chunk[np.isin(chunk, index.ids())]
         found = index.search(codes, threshold=threshold, min_pairs=min_pairs, limit=len(stored), allowed=stored)
         searched.append(chunk)
         for qid, matches in zip(chunk.tolist(), found, strict=True):

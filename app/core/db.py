@@ -46,7 +46,10 @@ class JSONDocument(JSON):
     SQLAlchemy leaves {"flag": 1} -> {"flag": true} out of the UPDATE because 1 == True."""
 
     def compare_values(self, x: Any, y: Any) -> bool:
-        return json_text(x) == json_text(y)
+        try:
+            return json_text(x) == json_text(y)
+        except (TypeError, ValueError):  # e.g. an old value never loaded (SQLAlchemy's NO_VALUE): a change
+            return False
 
 
 class UTCDateTime(TypeDecorator):

@@ -161,8 +161,8 @@ class Catalog:
         check_filter(where)
         with self._lock:
             arrays = [self._array((key, canonical(value))) for key, value in where.items()]
-        if not arrays:
-            return np.fromiter(self._entries.keys(), dtype=np.int64)
+            if not arrays:
+                return np.sort(np.fromiter(self._entries.keys(), dtype=np.int64, count=len(self._entries)))
         arrays.sort(key=len)
         result = arrays[0]
         for other in arrays[1:]:

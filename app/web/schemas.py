@@ -64,7 +64,8 @@ class ExplainResponse(BaseModel):
     question: str
     model: Rule
     revision: int = Field(description="index revision the distances were read at")
-    limit: int = Field(description="the nearest questions asked for (the request's limit, lowered to QSIM_MAX_LIMIT)")
+    limit: int = Field(description="the nearest questions asked for: the request's limit, or when it sent none 25 "
+                       "(QSIM_MAX_LIMIT when that is lower)")
     query: ExplainQuery
     results: list[ExplainedQuestion] = Field(description="nearest first (by closest pair)")
     missing: list[int] = Field(description="asked-for ids the index does not hold (deleted?)")
