@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Callable
 
@@ -32,6 +33,14 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in help_text:
             help_text += " (default: %(default)s)"
         return help_text
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
 
 
 class CommandError(Exception):
@@ -88,6 +97,7 @@ def describe(error: BaseException) -> str:
     """One line for an error: the messages of a settings validation error without pydantic's
     decoration, the message of anything else (with its type when the message alone is unclear)."""
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     from app.model.artifact import ArtifactError
     from app.model.config import ConfigFileError
@@ -99,8 +109,14 @@ def describe(error: BaseException) -> str:
         for item in error.errors():
             message = item["msg"].removeprefix("Value error, ")
             where = ".".join(str(part) for part in item["loc"])
+            if error.title == "Settings" and item["loc"]:  # the service's settings: name the variable
+                where = f"QSIM_{str(item['loc'][0]).upper()}"
             parts.append(f"{where}: {message}" if where else message)
         return "invalid settings: " + "; ".join(parts)
+    if isinstance(error, SettingsError):  # an environment value pydantic-settings could not decode
+        field = re.search(r'field "(\w+)"', str(error))
+        name = f"QSIM_{field.group(1).upper()}" if field else "a QSIM_ variable"
+        return f"invalid settings: {name} must be JSON for a list or an object (e.g. [\"https://desk.example\"])"
     message = " ".join(str(error).split()) or error.__class__.__name__
     plain = (CommandError, ArtifactError, ConfigFileError, CorpusError, EmptyTextError, FileNotFoundError)
     return message if isinstance(error, plain) else f"{message} ({error.__class__.__name__})"

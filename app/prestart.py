@@ -75,7 +75,13 @@ def prestart(settings: Settings) -> None:
 
 
 def main() -> int:
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except Exception as error:  # a bad QSIM_* value: one line naming it, as `qsim serve` prints
+        from app.cli import describe
+
+        print(f"qsim prestart: error: {describe(error)}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level)
     try:
         prestart(settings)

@@ -76,18 +76,18 @@ class Settings(BaseSettings):
 
     # HTTP service
     host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 1
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1)
     admin_token: SecretStr | None = None
     cors_origins: list[str] = Field(default_factory=list, description="CORS is closed unless origins are listed")
-    max_body_bytes: int = 1_048_576
+    max_body_bytes: int = Field(1_048_576, ge=1)
     body_timeout_seconds: float = Field(
         30.0, ge=0, description="a request body not fully received this long after it started gets 408 (0: no limit)"
     )
-    max_question_chars: int = 1000
-    max_batch_questions: int = Field(256, description="questions per POST /questions/similar/batch")
-    max_bulk_questions: int = Field(1000, description="questions per POST /questions/bulk")
-    max_limit: int = 100
+    max_question_chars: int = Field(1000, ge=1)
+    max_batch_questions: int = Field(256, ge=1, description="questions per POST /questions/similar/batch")
+    max_bulk_questions: int = Field(1000, ge=1, description="questions per POST /questions/bulk")
+    max_limit: int = Field(100, ge=1, description="results one search may ask for")
     max_filter_keys: int = Field(16, ge=1, description="metadata keys one search filter may name")
     min_coverage: float = Field(
         0.5,

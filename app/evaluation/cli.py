@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from app.cli import CommandError, command
+from app.cli import CommandError, command, positive_int
 
 BASELINE_NAMES = ("tfidf", "bm25", "minilm")
 
@@ -14,13 +14,6 @@ def _probability(text: str) -> float:
     value = float(text)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
     return value
 
 
@@ -244,7 +237,7 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
         "and the record says so; 0 turns it off)",
     )
     p.add_argument(
-        "--out-of-scope-draws", type=_positive_int, default=DEFAULT_OUT_OF_SCOPE_DRAWS,
+        "--out-of-scope-draws", type=positive_int, default=DEFAULT_OUT_OF_SCOPE_DRAWS,
         help="--corpus: seeded draws of out-of-scope labels (seeds --seed, --seed + 1, ...) pooled into one "
         "held-out set: which labels are held out moves the out-of-scope figures by several points",
     )
@@ -256,7 +249,7 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
         "scope anyway)",
     )
     p.add_argument(
-        "--min-pairs-options", type=_positive_int, nargs="+", default=list(DEFAULT_MIN_PAIRS_OPTIONS), metavar="N",
+        "--min-pairs-options", type=positive_int, nargs="+", default=list(DEFAULT_MIN_PAIRS_OPTIONS), metavar="N",
         help="min_pairs values to consider (1 = any of the K×K pairs); values above K×K are dropped",
     )
     p.add_argument(

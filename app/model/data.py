@@ -31,7 +31,7 @@ class Corpus:
 def _rows(path: Path) -> Iterator[tuple[int, dict]]:
     """(1-based line/row number, record) pairs from a CSV file with a header or a JSON-lines file."""
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        with path.open(encoding="utf-8") as handle:
+        with path.open(encoding="utf-8-sig") as handle:  # -sig: a byte-order mark, as Excel writes, is not text
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
@@ -43,7 +43,7 @@ def _rows(path: Path) -> Iterator[tuple[int, dict]]:
                     raise CorpusError(f"{path}: line {number} is not a JSON object")
                 yield number, record
     else:
-        with path.open(encoding="utf-8", newline="") as handle:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
             reader = csv.DictReader(handle)
             if not reader.fieldnames:
                 raise CorpusError(f"{path}: no header row")
@@ -72,8 +72,10 @@ def read_corpus(
     texts: list[str] = []
     labels: list[str] | None = [] if label_column else None
     extra: dict[str, list[str | None]] = {column: [] for column in extra_columns}
+    columns: set[str] = set()
     try:
         for number, record in _rows(path):
+            columns.update(record)
             missing = [c for c in (text_column, label_column) if c and c not in record]
             if missing:
                 raise CorpusError(
@@ -92,6 +94,9 @@ def read_corpus(
         raise CorpusError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     if not texts:
         raise CorpusError(f"{path}: no rows")
+    absent = [column for column in extra_columns if column not in columns]
+    if absent:  # a misspelt --external-id-column would otherwise import every row without one
+        raise CorpusError(f"{path}: no row has a column {absent[0]!r} (columns: {', '.join(sorted(map(str, columns)))})")
     return Corpus(
         texts, labels, extra, sha256=file_sha256(path), path=str(path), text_column=text_column, label_column=label_column
     )
@@ -110,7 +115,7 @@ def read_lines(path: Path | str) -> list[str]:
     if not path.is_file():
         raise CorpusError(f"question file {path} does not exist")
     try:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
     except UnicodeDecodeError as error:
         raise CorpusError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     texts = [line for line in lines if line]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from app.cli import command
+from app.cli import command, positive_int
 
 
 def _import_args(p: argparse.ArgumentParser) -> None:
@@ -21,7 +21,7 @@ def _import_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--answer-column", help="column holding the answer, stored with the question")
     p.add_argument("--metadata-column", action="append", default=[], dest="metadata_columns",
                    help="column stored in the question's metadata (repeat for several)")
-    p.add_argument("--batch-size", type=int, default=1000, help="questions per transaction")
+    p.add_argument("--batch-size", type=positive_int, default=1000, help="questions per transaction")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -65,3 +65,27 @@ def test_import_errors_name_the_problem_and_write_nothing(env, tmp_path, capsys)
     assert main(["import", "--file", str(path), "--text-column", "question"]) == 2
     assert "has no column 'question'" in capsys.readouterr().err
     assert stored(env)[0] == {}
+
+
+def test_a_misspelt_optional_column_is_an_error_not_a_silent_blank(env, tmp_path, capsys):
+    path = write_csv(tmp_path / "desk.csv", [{"id": "a1", "q": "Where is my card?", "answer": "In the post."}])
+    for flag in ("--external-id-column", "--answer-column", "--metadata-column"):
+        assert main(["import", "--file", str(path), "--text-column", "q", flag, "nope", "--no-progress"]) == 2
+        assert "no row has a column 'nope' (columns: answer, id, q)" in capsys.readouterr().err
+    assert stored(env)[0] == {}
+
+
+def test_a_csv_with_a_byte_order_mark_imports_like_any_other(env, tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("id,q\r\na1,Where is my card?\r\n".encode("utf-8-sig"))  # Excel's "CSV UTF-8"
+    assert main(["import", "--file", str(path), "--text-column", "q", "--external-id-column", "id", "--no-progress"]) == 0
+    assert stored(env)[0] == {"a1": ("Where is my card?", None, None)}
+
+
+def test_a_batch_size_below_one_is_refused(env, tmp_path, capsys):
+    path = write_csv(tmp_path / "desk.csv", [{"q": "Where is my card?"}])
+    for size in ("0", "-5"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["import", "--file", str(path), "--text-column", "q", "--batch-size", size])
+        assert exit_info.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+    assert stored(env)[0] == {}

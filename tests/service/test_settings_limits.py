@@ -172,3 +172,31 @@ def test_the_api_documentation_names_the_settings(client):
     assert "QSIM_MAX_BATCH_QUESTIONS" in components["SimilarBatchRequest"]["properties"]["questions"]["description"]
     assert "QSIM_MAX_BULK_QUESTIONS" in components["QuestionBulkCreate"]["properties"]["questions"]["description"]
     assert "QSIM_MAX_QUESTION_CHARS" in components["QuestionCreate"]["properties"]["text"]["description"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("QSIM_PORT", "abc", "QSIM_PORT: Input should be a valid integer"),
+        ("QSIM_PORT", "99999", "QSIM_PORT: Input should be less than or equal to 65535"),
+        ("QSIM_MAX_LIMIT", "0", "QSIM_MAX_LIMIT: Input should be greater than or equal to 1"),
+        ("QSIM_WORKERS", "0", "QSIM_WORKERS: Input should be greater than or equal to 1"),
+        ("QSIM_CORS_ORIGINS", "http://a.example", "QSIM_CORS_ORIGINS must be JSON"),
+    ],
+)
+def test_a_bad_environment_value_stops_the_start_with_one_line_naming_the_variable(monkeypatch, capsys, variable, value, said):
+    from app import prestart
+    from app.cli import describe
+
+    monkeypatch.setenv(variable, value)
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(Exception) as refused:  # what `qsim serve` prints through describe()
+            get_settings()
+        assert said in describe(refused.value)
+        monkeypatch.setattr(prestart, "prestart", lambda settings: pytest.fail(f"{variable}={value} was accepted"))
+        assert prestart.main() == 2  # docker/entrypoint.sh runs it first
+        error = capsys.readouterr().err
+        assert said in error and "Traceback" not in error and error.count("\n") == 1
+    finally:
+        get_settings.cache_clear()
