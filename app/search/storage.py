@@ -201,6 +201,25 @@ def _write_locked(directory: Path, header: dict[str, Any], segments: list[tuple[
     name = f"{SNAPSHOT_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
     staging = directory / f"{TEMPORARY_PREFIX}{os.getpid()}-{name}"
     staging.mkdir()
+    try:
+        _stage(staging, previous, previous_files, header, segments)
+    except BaseException:  # a full disk, say: the half-written staging directory must not eat the next save's room
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    final = directory / name
+    os.rename(staging, final)
+    _fsync_directory(directory)
+    pointer = directory / f"{CURRENT}.tmp"
+    _write_file(pointer, lambda out: out.write(f"{name}\n".encode()))
+    os.replace(pointer, directory / CURRENT)
+    _fsync_directory(directory)
+    _clean_up(directory, name)
+    return final
+
+
+def _stage(staging: Path, previous: Path | None, previous_files: dict, header: dict[str, Any],
+           segments: list[tuple[Any, np.ndarray]]) -> None:
+    """Writes a snapshot's files and manifest into `staging` (linking unchanged files from `previous`)."""
     files: dict[str, Any] = {}
     described = []
     for segment, live in segments:
@@ -234,15 +253,6 @@ def _write_locked(directory: Path, header: dict[str, Any], segments: list[tuple[
     }
     _write_file(staging / MANIFEST, lambda out: out.write(json.dumps(manifest, indent=2).encode()))
     _fsync_directory(staging)
-    final = directory / name
-    os.rename(staging, final)
-    _fsync_directory(directory)
-    pointer = directory / f"{CURRENT}.tmp"
-    _write_file(pointer, lambda out: out.write(f"{name}\n".encode()))
-    os.replace(pointer, directory / CURRENT)
-    _fsync_directory(directory)
-    _clean_up(directory, name)
-    return final
 
 
 def _link_or_write(previous: Path | None, previous_files: dict, filename: str, target: Path, write) -> dict:
@@ -311,6 +321,8 @@ def _current_name(directory: Path) -> str:
         raise IndexFileError(
             f"no index in {directory} (no {CURRENT} file: never saved, or not an index directory)"
         ) from None
+    except (OSError, UnicodeDecodeError) as error:  # unreadable or garbled: rebuild, as for a missing snapshot
+        raise IndexFileError(f"index in {directory} is damaged: {CURRENT} cannot be read ({error})") from None
 
 
 def _read_named(directory: Path, name: str, expected: dict[str, Any], threads: int = 1) -> StoredIndex:

@@ -271,3 +271,28 @@ def test_two_processes_saving_into_one_directory_never_break_each_other_or_curre
     assert len(loaded) == 360  # the last save, whichever process made it, is complete
     leftovers = [entry.name for entry in directory.iterdir() if entry.name.startswith((".tmp-", "snapshot-"))]
     assert leftovers == [(directory / "CURRENT").read_text().strip()]
+
+
+def test_a_garbled_current_file_is_refused_like_a_dangling_one(saved):
+    _, directory = saved
+    (directory / "CURRENT").write_bytes(b"\xff\xfe\x00")  # the service rebuilds on IndexFileError
+    with pytest.raises(IndexFileError, match="CURRENT cannot be read"):
+        SimilarityIndex.load(directory)
+
+
+def test_a_save_that_fails_midway_removes_its_staging_directory(saved, monkeypatch):
+    from app.search import storage
+
+    index, directory = saved
+    before = sorted(p.name for p in directory.iterdir())
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(storage, "_write_array", disk_full)
+    index.add(np.array([999]), np.ones((1, 3, 6), dtype=np.float32), revision=43)  # a new segment to write
+    with pytest.raises(OSError, match="No space left"):
+        index.save(directory)
+    assert sorted(p.name for p in directory.iterdir()) == before  # no half-written staging left behind
+    monkeypatch.undo()
+    assert SimilarityIndex.load(directory, device="cpu").revision == 42  # the previous snapshot serves
