@@ -49,9 +49,10 @@ def list_feedback(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     after_id: Annotated[int, Query(ge=0, le=MAX_ID, description="return verdicts with a larger id")] = 0,
 ) -> FeedbackPage:
-    items, total = feedback.page(after_id, limit)
+    items, total = feedback.page(after_id, limit + 1)  # one more: whether a next page exists
+    more, items = len(items) > limit, items[:limit]
     return FeedbackPage(
         items=[FeedbackOut.model_validate(item) for item in items],
         total=total,
-        next_after_id=items[-1].id if len(items) == limit else None,
+        next_after_id=items[-1].id if more else None,
     )

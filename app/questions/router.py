@@ -160,11 +160,12 @@ def list_questions(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     after_id: Annotated[int, Query(ge=0, le=MAX_ID, description="return questions with a larger id")] = 0,
 ) -> QuestionPage:
-    items, total = questions.page(after_id, limit)
+    items, total = questions.page(after_id, limit + 1)  # one more: whether a next page exists
+    more, items = len(items) > limit, items[:limit]
     return QuestionPage(
         items=[QuestionOut.model_validate(q) for q in items],
         total=total,
-        next_after_id=items[-1].id if len(items) == limit else None,
+        next_after_id=items[-1].id if more else None,
     )
 
 

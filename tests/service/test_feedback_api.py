@@ -27,6 +27,8 @@ def test_feedback_round_trip_is_stored_paged_and_counted(client, stored, admin):
     assert [item["id"] for item in page["items"]] == [created[0]["id"], created[1]["id"]]
     rest = client.get("/admin/feedback", params={"limit": 2, "after_id": page["next_after_id"]}, headers=admin).json()
     assert [item["id"] for item in rest["items"]] == [created[2]["id"]] and rest["next_after_id"] is None
+    whole = client.get("/admin/feedback", params={"limit": 3}, headers=admin).json()
+    assert len(whole["items"]) == 3 and whole["next_after_id"] is None  # an exactly full last page is the last
 
     metrics = client.get("/metrics").text
     assert 'qsim_feedback_total{verdict="duplicate"} 2.0' in metrics

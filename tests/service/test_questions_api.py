@@ -147,3 +147,10 @@ def test_metadata_changes_between_true_and_1_are_stored_and_logged(client):
 
 def ids_found_with(client, text, where) -> list[int]:
     return [r["id"] for r in search(client, text, threshold=1e-6, filter=where)["results"]]
+
+
+def test_an_exactly_full_last_page_says_it_is_the_last(client, stored):
+    page = client.get("/questions", params={"limit": len(stored)}).json()
+    assert len(page["items"]) == len(stored) and page["next_after_id"] is None
+    first = client.get("/questions", params={"limit": len(stored) - 1}).json()
+    assert first["next_after_id"] == first["items"][-1]["id"]
