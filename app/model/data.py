@@ -51,6 +51,10 @@ def _rows(path: Path) -> Iterator[tuple[int, dict]]:
                 yield number, record
 
 
+def _not_a_file(path: Path) -> str:
+    return "is a directory, not a file" if path.is_dir() else "does not exist"
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with Path(path).open("rb") as handle:
@@ -68,7 +72,7 @@ def read_corpus(
     """Reads every row; a missing column or an empty text is an error naming the row."""
     path = Path(path)
     if not path.is_file():
-        raise CorpusError(f"corpus file {path} does not exist")
+        raise CorpusError(f"corpus file {path} {_not_a_file(path)}")
     texts: list[str] = []
     labels: list[str] | None = [] if label_column else None
     extra: dict[str, list[str | None]] = {column: [] for column in extra_columns}
@@ -113,7 +117,7 @@ def read_lines(path: Path | str) -> list[str]:
     """Questions from a text file, one per line; blank lines are skipped."""
     path = Path(path)
     if not path.is_file():
-        raise CorpusError(f"question file {path} does not exist")
+        raise CorpusError(f"question file {path} {_not_a_file(path)}")
     try:
         lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
     except UnicodeDecodeError as error:
@@ -148,7 +152,7 @@ def read_pairs(path: Path | str, columns: tuple[str, str, str] | None = None) ->
     `columns` names them (first text, second text, label); by default the file's first three."""
     path = Path(path)
     if not path.is_file():
-        raise CorpusError(f"pairs file {path} does not exist")
+        raise CorpusError(f"pairs file {path} {_not_a_file(path)}")
     left: list[str] = []
     right: list[str] = []
     duplicate: list[bool] = []

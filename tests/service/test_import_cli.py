@@ -89,3 +89,8 @@ def test_a_batch_size_below_one_is_refused(env, tmp_path, capsys):
             main(["import", "--file", str(path), "--text-column", "q", "--batch-size", size])
         assert exit_info.value.code == 2 and "must be at least 1" in capsys.readouterr().err
     assert stored(env)[0] == {}
+
+
+def test_a_directory_for_a_file_says_so(env, tmp_path, capsys):
+    assert main(["import", "--file", str(tmp_path), "--text-column", "q"]) == 2
+    assert "is a directory, not a file" in capsys.readouterr().err
