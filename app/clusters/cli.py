@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from app.cli import CommandError, command
+from app.cli import CommandError, command, positive_int
 
 
 def _filter(value: str) -> tuple[str, object]:
@@ -20,6 +20,13 @@ def _filter(value: str) -> tuple[str, object]:
     return key, parsed
 
 
+def _distance(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"must be a distance of 0 or more, got {text}")
+    return value
+
+
 def _cluster_args(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Cluster the questions of the database (QSIM_DATABASE_URL) into duplicates by the service's own rule, "
@@ -27,8 +34,8 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
         "every member matches its representative). Uses the saved index when it is current, else builds one."
     )
     p.add_argument("--out", type=Path, required=True, help="CSV: cluster, size, representative_id, id, text")
-    p.add_argument("--threshold", type=float, help="pair distance threshold (default: the model's calibrated one)")
-    p.add_argument("--min-pairs", type=int, help="pairs within the threshold to join two questions (default: the model's)")
+    p.add_argument("--threshold", type=_distance, help="pair distance threshold (default: the model's calibrated one)")
+    p.add_argument("--min-pairs", type=positive_int, help="pairs within the threshold to join two questions (default: the model's)")
     p.add_argument("--filter", type=_filter, action="append", default=[], metavar="KEY=VALUE",
                    help="only questions whose metadata has KEY equal to VALUE (repeat for several; JSON values)")
     p.add_argument("--include-singletons", action="store_true", help="also write questions that match no other")

@@ -119,3 +119,13 @@ def test_qsim_cluster_writes_the_same_clusters_offline(client, admin, settings, 
     for row in rows:
         offline.setdefault(int(row["cluster"]), []).append(int(row["id"]))
     assert list(offline.values()) == [[m["id"] for m in c["members"]] for c in online["clusters"]]
+
+
+def test_qsim_cluster_refuses_a_negative_threshold_or_min_pairs_at_once(tmp_path, capsys):
+    import pytest
+
+    for flag, value in (("--threshold", "-1"), ("--threshold", "nan"), ("--min-pairs", "0")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["cluster", "--out", str(tmp_path / "c.csv"), flag, value])
+        assert exit_info.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
+    assert not (tmp_path / "c.csv").exists()
