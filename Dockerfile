@@ -36,6 +36,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     QSIM_PORT=8000 \
     QSIM_DATABASE_URL=sqlite:////var/lib/qsim/qsim.db \
     QSIM_INDEX_DIR=/var/lib/qsim/index \
+    QSIM_METRICS_DIR=/var/lib/qsim/metrics \
     QSIM_MODELS_ROOT=/opt/qsim/models \
     QSIM_MODEL_DIR=/opt/qsim/models/default
 USER qsim

@@ -84,6 +84,23 @@ def test_images_run_the_shared_entrypoint_as_a_non_root_user_with_a_healthcheck(
         assert (ROOT / copied).exists(), copied
 
 
+@pytest.mark.parametrize("name", ["Dockerfile", "docker/Dockerfile.gpu"])
+def test_everything_the_service_writes_lies_where_the_images_user_may_write(name):
+    """The SQLite database, the saved index and (with several workers) the metrics files: each set in
+    the image, under a directory the image gives to the qsim user; the defaults (under /opt/qsim/var)
+    would be root's."""
+    text = dockerfile(name)
+    env = dict(re.findall(r"\b(QSIM_[A-Z_]+)=(\S+)", text))
+    owned = re.search(r"chown -R qsim:qsim ([^\n]+)", text).group(1).split()
+    written = {
+        "QSIM_DATABASE_URL": env["QSIM_DATABASE_URL"].removeprefix("sqlite:///"),
+        "QSIM_INDEX_DIR": env["QSIM_INDEX_DIR"],
+        "QSIM_METRICS_DIR": env.get("QSIM_METRICS_DIR", "/opt/qsim/var/metrics"),
+    }
+    for variable, path in written.items():
+        assert any(path.startswith(f"{directory.rstrip('/')}/") for directory in owned), (variable, path, owned)
+
+
 def _pyproject() -> dict:
     import tomllib
 
