@@ -29,6 +29,7 @@ class Runtime:
     def __init__(self, settings: Settings, metrics: Metrics, database: Database | None = None):
         self.settings = settings
         self.metrics = metrics
+        self._model_labels: tuple[str, str] | None = None  # the model /metrics last reported as serving
         self.db = database or open_database(settings.database_url, settings.database_timeout_seconds)
         self.service_state = ServiceStateRepository(self.db)
         self.models = ModelRegistry(settings, self.service_state)
@@ -127,8 +128,12 @@ class Runtime:
             self.metrics.index_questions.set(status["questions"])
             self.metrics.index_revision.set(status["revision"])
             self.metrics.index_pending_changes.set(status["pending_changes"])
-            self.metrics.model_info.clear()
-            self.metrics.model_info.labels(status["model"], status["model_id"]).set(1)
+            serving = (status["model"], status["model_id"])
+            if self._model_labels not in (None, serving):
+                # 0, not clear(): prometheus_client cannot clear labels in multiprocess mode (QSIM_WORKERS > 1)
+                self.metrics.model_info.labels(*self._model_labels).set(0)
+            self.metrics.model_info.labels(*serving).set(1)
+            self._model_labels = serving
         self.metrics.index_backend.clear()
         self.metrics.index_backend.labels(self.settings.index_backend).set(1)
         counters = getattr(self.applier.state.index, "counters", None) if status["loaded"] else None

@@ -112,11 +112,17 @@ def test_reindex_with_another_model_switches_the_served_model(client, admin, sto
     other = tiny_model_dir.parent / "tiny-copy"
     if not other.exists():
         shutil.copytree(tiny_model_dir, other)
+    serving = 'qsim_model_info{{model_id="{}",name="{}"}} {}'
+    assert serving.format(tiny_encoder.model_id, "tiny", "1.0") in client.get("/metrics").text
     response = client.post("/admin/reindex", headers=admin, json={"model": "tiny-copy"})
     job = wait_for_job(client, admin, response.json()["job_id"])
     assert job["status"] == "succeeded" and job["model"] == "tiny-copy"
     body = client.post("/questions/similar", json={"question": "card"}).json()
     assert body["model"]["name"] == "tiny-copy" and body["model"]["id"] == tiny_encoder.model_id
+    # The old model's series goes to 0 (labels cannot be cleared with several workers' metrics files).
+    metrics = client.get("/metrics").text
+    assert serving.format(tiny_encoder.model_id, "tiny-copy", "1.0") in metrics
+    assert serving.format(tiny_encoder.model_id, "tiny", "0.0") in metrics
 
 
 def test_a_failed_reindex_leaves_the_old_index_serving(client, admin, stored, tiny_model_dir):
