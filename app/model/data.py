@@ -109,7 +109,9 @@ def read_corpus(
 def bundled_transfer_file() -> Path | None:
     """The general question corpus shipped with qsim (data/questions/transfer.txt: 40,000 questions
     and requests from public sources, data/questions/SOURCES.md), when this installation has it."""
-    path = Path(__file__).resolve().parents[2] / "data" / "questions" / "transfer.txt"
+    from app.core.config import PROJECT_ROOT
+
+    path = PROJECT_ROOT / "data" / "questions" / "transfer.txt"
     return path if path.is_file() else None
 
 

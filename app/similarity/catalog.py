@@ -176,8 +176,7 @@ class Catalog:
         entry = self._entries.get(question_id)
         if entry is None:
             return False
-        meta = entry.meta if isinstance(entry.meta, dict) else {}
-        return all(key in meta and canonical(meta[key]) == canonical(value) for key, value in where.items())
+        return {(key, canonical(value)) for key, value in where.items()} <= set(self._keys(entry.meta))
 
     def _array(self, posting) -> np.ndarray:
         array = self._arrays.get(posting)

@@ -193,10 +193,11 @@ def _resolve(encoder: QuestionEncoder, query: SearchQuery) -> tuple:
 def _hits(state: SearchState, matches: list[Match], where: tuple[tuple[str, Any], ...] | None = None) -> list[Hit]:
     """The matches as results, read from the catalog now: without those deleted while we searched
     and, under a filter, those whose metadata no longer passes it (changed while we searched)."""
+    wanted = None if where is None else dict(where)
     hits = []
     for match in matches:
         entry = state.catalog.get(match.id)
-        if entry is not None and (where is None or state.catalog.passes(match.id, dict(where))):
+        if entry is not None and (wanted is None or state.catalog.passes(match.id, wanted)):
             hits.append(Hit(match.id, entry.text, entry.external_id, match.distance, match.pairs_within, entry.answer,
                             entry.meta))
     return hits
