@@ -9,8 +9,8 @@ def search(client, text, **options):
     return response.json()
 
 
-def ids_found(client, text) -> list[int]:
-    return [r["id"] for r in search(client, text, threshold=1e-6)["results"]]
+def ids_found(client, text, where=None) -> list[int]:
+    return [r["id"] for r in search(client, text, threshold=1e-6, filter=where)["results"]]
 
 
 def test_a_stored_question_is_searchable_as_soon_as_the_call_returns(client):
@@ -136,17 +136,14 @@ def test_metadata_changes_between_true_and_1_are_stored_and_logged(client):
     patched = client.patch(f"/questions/{question_id}", json={"metadata": {"vip": True}})
     assert patched.status_code == 200 and patched.json()["metadata"] == {"vip": True}
     assert client.get(f"/questions/{question_id}").json()["metadata"] == {"vip": True}
-    assert ids_found_with(client, "Is my card blocked?", {"vip": True}) == [question_id]
-    assert ids_found_with(client, "Is my card blocked?", {"vip": 1}) == []
+    assert ids_found(client, "Is my card blocked?", {"vip": True}) == [question_id]
+    assert ids_found(client, "Is my card blocked?", {"vip": 1}) == []
 
     put = client.put("/questions/by-external-id/e1", json={"text": "Is my card blocked?", "metadata": {"vip": 0.0}})
     assert put.status_code == 200 and client.get(f"/questions/{question_id}").json()["metadata"] == {"vip": 0.0}
     replay = client.put("/questions/by-external-id/e1", json={"text": "Is my card blocked?", "metadata": {"vip": 0.0}})
     assert replay.json()["updated_at"] == put.json()["updated_at"]  # the same document changes nothing
 
-
-def ids_found_with(client, text, where) -> list[int]:
-    return [r["id"] for r in search(client, text, threshold=1e-6, filter=where)["results"]]
 
 
 def test_an_exactly_full_last_page_says_it_is_the_last(client, stored):
