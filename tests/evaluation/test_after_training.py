@@ -159,6 +159,7 @@ def test_after_training_with_teacher_vectors(model_copy, labelled, validation_ro
     unlabelled = Corpus(list(labelled.texts), sha256=labelled.sha256, path="u.csv", text_column="text")
     record = calibrate_after_training(model_copy, unlabelled, validation_rows, teacher=teacher, log=lambda _: None)
     assert record["source"] == "teacher" and "teacher cosine >= 0.8" in record["rule"]
+    assert record["validation_with_duplicate"] > 0.5 and "scope_note" not in record
     top = record["chosen"]["top"]
     assert top["out_of_scope"] == len(unknown) >= 1 and top["queries"] == 36 - len(unknown)
     if record["target_reached"]:
@@ -167,6 +168,24 @@ def test_after_training_with_teacher_vectors(model_copy, labelled, validation_ro
         assert "no threshold reaches precision 0.9" in record["note"]
     with pytest.raises(CalibrationError, match="teacher embeddings must be"):
         calibrate_after_training(model_copy, unlabelled, validation_rows, teacher=teacher[:10], log=lambda _: None)
+
+
+def test_after_training_says_so_when_few_questions_have_a_teacher_duplicate(model_copy, labelled, validation_rows):
+    # The teacher knows the intents but puts a question and its intent's others at cosine ~0.64 (as
+    # it does SNIPS's requests): at the 0.8 cutoff almost no question has a duplicate.
+    intents = sorted(set(labelled.labels))
+    rng = np.random.default_rng(1)
+    own = np.eye(len(intents))[[intents.index(label) for label in labelled.labels]]
+    noise = rng.normal(size=(len(own), 64))
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    teacher = np.hstack([0.8 * own, 0.6 * noise]).astype(np.float32)
+    unlabelled = Corpus(list(labelled.texts), sha256=labelled.sha256, path="u.csv", text_column="text")
+    lines = []
+    record = calibrate_after_training(model_copy, unlabelled, validation_rows, teacher=teacher, log=lines.append)
+    assert record["validation_with_duplicate"] < 0.5
+    assert "--label-column" in record["scope_note"] and "--feedback" in record["scope_note"]
+    assert any(line.startswith("calibration: only") for line in lines)
+    assert written(model_copy)["calibration"]["scope_note"] == record["scope_note"]
 
 
 def test_after_training_with_nothing_falls_back_to_self_augmented_copies(model_copy, labelled, validation_rows):
