@@ -1,5 +1,10 @@
-import pytest
+import unicodedata
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.model import text as text_module
 from app.model.text import EmptyTextError, normalize
 from app.model.tokenizer import BYTE_PIECES, UNK_ID, Tokenizer
 
@@ -13,6 +18,27 @@ def test_normalisation_folds_case_unicode_and_whitespace():
     assert normalize("  Where is   MY\tcard?\n") == "where is my card?"
     assert normalize("ﬁnance ＡＢＣ") == "finance abc"  # NFKC ligature and full-width letters
     assert normalize("STRASSE") == normalize("straße")  # case folding, not just lower()
+
+
+def normalized_char_by_char(text: str) -> str:
+    """normalize's general path (every character looked at), the reference for its ASCII shortcut."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    visible = "".join(" " if c.isspace() else c for c in folded if c.isspace() or not text_module._is_invisible(c))
+    return text_module._WHITESPACE.sub(" ", visible).strip()
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=40))
+def test_ascii_text_normalises_as_the_character_by_character_rule_does(text):
+    expected = normalized_char_by_char(text)
+    if expected:
+        assert normalize(text) == expected
+    else:
+        with pytest.raises(EmptyTextError):
+            normalize(text)
+
+
+def test_ascii_controls_are_dropped_and_ascii_whitespace_separates():
+    assert normalize("Card\x00 \x07blocked\x1c\x1fnow\x7f") == "card blocked now"
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\t "])
