@@ -115,7 +115,11 @@ class HeadAsGet:
         scope[HEAD_KEY] = True
 
         async def without_body(message: Message) -> None:
-            if message["type"] == "http.response.body":
+            if message["type"] == "http.response.start":
+                # The server reads the method from this same scope when the response starts: as
+                # GET it would wait for the Content-Length bytes of a body that never comes.
+                scope["method"] = "HEAD"
+            elif message["type"] == "http.response.body":
                 if message.get("more_body", False):
                     return
                 message = {"type": "http.response.body", "body": b""}

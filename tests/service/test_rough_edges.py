@@ -111,6 +111,29 @@ def test_head_on_health_routes(client):
     assert 'qsim_http_requests_total{method="HEAD",route="/healthz",status="200"} 1.0' in metrics
 
 
+def test_head_on_a_real_socket_keeps_the_connection_and_logs_no_error(server, caplog):
+    # uvicorn reads the request's method from the scope when the response starts: a HEAD seen
+    # there as GET made it expect the body, log "Response content shorter than Content-Length"
+    # and close the connection a load balancer's probes keep alive.
+    _, port = server
+    connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+    replies = b""
+    with caplog.at_level(logging.INFO):
+        for method, path in (("HEAD", "/readyz"), ("HEAD", "/questions/1"), ("GET", "/healthz")):
+            connection.sendall(f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+            deadline = time.monotonic() + 10
+            while replies.count(b"HTTP/1.1 ") < {"/readyz": 1, "/questions/1": 2, "/healthz": 3}[path]:
+                assert time.monotonic() < deadline, replies
+                chunk = connection.recv(65536)
+                assert chunk, f"the server closed the connection after {replies!r}"
+                replies += chunk
+    connection.close()
+    heads = replies.split(b"HTTP/1.1 ")[1:]
+    assert heads[0].startswith(b"200") and heads[1].startswith(b"404") and heads[2].startswith(b"200")
+    assert heads[0].endswith(b"\r\n\r\n") and heads[1].endswith(b"\r\n\r\n")  # no body after a HEAD
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+
+
 def test_a_body_that_is_not_json_is_415_naming_application_json(client):
     plain = client.post("/questions/similar", content=b'{"question": "x"}', headers={"content-type": "text/plain"})
     form = client.post("/questions", data={"text": "x"})
