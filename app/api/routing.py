@@ -4,6 +4,8 @@
   alone answers a vague 400, or decodes UTF-16);
 - a path ending in a line break matches no route but those of `{name:text}` (Starlette's patterns
   would read /questions/1%0A as /questions/1);
+- a `{name:text}` path that is not UTF-8 once percent-decoded: 422 saying so (the server decodes it
+  with replacement characters, so /by-external-id/%FF and /%FE were one id);
 - a body sent as anything but JSON (text/plain, a form): 415 naming application/json (FastAPI
   alone validates the raw bytes and answers "Input should be a valid dictionary");
 - JSON nested deeper than the parser can follow: 400 saying so (FastAPI: "error parsing the body");
@@ -18,6 +20,7 @@ import email.message
 import functools
 import sys
 from collections.abc import Callable
+from urllib.parse import unquote_to_bytes
 
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -64,6 +67,21 @@ def query_names(dependant) -> set[str]:
     return names
 
 
+def _check_utf8_path(scope: Scope) -> None:
+    """422 when the raw path is not UTF-8 once percent-decoded (a decoded path holding U+FFFD may be
+    a replacement, or the character itself sent as its UTF-8 bytes)."""
+    raw = scope.get("raw_path")
+    if raw is None:
+        return
+    try:
+        unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise RequestValidationError(
+            [{"loc": ("path",), "msg": f"the path is not valid UTF-8 once percent-decoded (byte {error.start}); "
+              "percent-encode the UTF-8 bytes of each character", "type": "utf8_invalid"}]
+        ) from None
+
+
 class Utf8BodyRoute(APIRoute):
     def __init__(self, path: str, endpoint: Callable, **kwargs):
         super().__init__(path, endpoint, **kwargs)
@@ -81,7 +99,11 @@ class Utf8BodyRoute(APIRoute):
         known_query = query_names(self.dependant)
         takes_body = self.body_field is not None
 
+        takes_text = ":text}" in self.path  # called by APIRoute.__init__, before our own attributes
+
         async def route(request: Request) -> Response:
+            if takes_text and "\ufffd" in request.scope.get("path", ""):
+                _check_utf8_path(request.scope)
             unknown = [name for name in request.query_params if name not in known_query]
             if unknown:
                 takes = ", ".join(sorted(known_query)) or "none"

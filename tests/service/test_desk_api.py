@@ -160,6 +160,19 @@ def test_put_by_external_id_creates_then_updates_and_replays_change_nothing(clie
     assert found[0]["id"] == question["id"] and found[0]["external_id"] == "desk-1"
 
 
+def test_an_external_id_path_that_is_not_utf8_is_a_422_not_another_desks_question(client):
+    # The server decodes the path with replacement characters: %FF and %FE both read as U+FFFD, so
+    # the second upsert overwrote the first desk record.
+    first = client.put("/questions/by-external-id/%FF", json={"text": "card arrived broken"})
+    assert first.status_code == 422 and "not valid UTF-8" in first.json()["detail"], first.text
+    assert client.put("/questions/by-external-id/%ED%A0%80", json={"text": "x"}).status_code == 422  # a surrogate
+    assert client.get("/questions/by-external-id/%FEabc").status_code == 422
+    assert client.get("/questions").json()["total"] == 0
+    # A real U+FFFD in the id, sent as its UTF-8 bytes, is an id like any other.
+    stored = client.put("/questions/by-external-id/%EF%BF%BD", json={"text": "card never arrived"})
+    assert stored.status_code == 201 and stored.json()["external_id"] == "\ufffd"
+
+
 def test_an_external_id_with_line_breaks_is_addressed_whole_by_its_path(client):
     """Any external id a body may store can be read and upserted by path, line breaks included:
     the path matches across them, and one ending in a newline is not taken for the id without it."""
