@@ -142,6 +142,16 @@ class Settings(BaseSettings):
         description="GET /questions/map projects at most this many questions (a fixed sample of larger collections)",
     )
 
+    @field_validator("admin_token")
+    @classmethod
+    def _strip_admin_token(cls, token: SecretStr | None) -> SecretStr | None:
+        # A token pasted with a trailing newline or space could never be sent back (clients and
+        # the check strip it), and one of spaces only would pass the production check.
+        if token is None:
+            return None
+        stripped = token.get_secret_value().strip()
+        return SecretStr(stripped) if stripped else None
+
     @field_validator("database_url")
     @classmethod
     def _normalise_postgres_driver(cls, url: str) -> str:

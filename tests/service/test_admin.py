@@ -49,6 +49,24 @@ def test_production_refuses_to_start_without_a_token(database_url, tiny_model_di
         make_settings(database_url, tiny_model_dir, tmp_path, env="production", admin_token=None)
 
 
+@pytest.mark.parametrize("blank", ["", "   ", "\n"])
+def test_production_refuses_a_token_of_whitespace_only(database_url, tiny_model_dir, tmp_path, blank):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="QSIM_ADMIN_TOKEN must be set"):
+        make_settings(database_url, tiny_model_dir, tmp_path, env="production", admin_token=blank)
+
+
+def test_a_token_configured_with_surrounding_whitespace_is_the_token_without_it(database_url, tiny_model_dir, tmp_path):
+    client = start_client(make_settings(database_url, tiny_model_dir, tmp_path, admin_token=" s3cret\n"))
+    try:
+        job = "/admin/jobs/00000000-0000-0000-0000-000000000000"
+        assert client.get(job, headers={"Authorization": "Bearer s3cret"}).status_code == 404  # past the check
+        assert client.get(job, headers={"Authorization": "Bearer s3cre"}).status_code == 401
+    finally:
+        client.__exit__(None, None, None)
+
+
 def test_unknown_job_is_404(client, admin):
     response = client.get("/admin/jobs/00000000-0000-0000-0000-000000000000", headers=admin)
     assert response.status_code == 404
