@@ -304,7 +304,13 @@ class ChangeApplier:
         slowest = poll = max(self.settings.applier_poll_ms / 2000.0, 0.005)
         nudged = False
         while True:
-            replicas = self.service_state.live_replicas(self.settings.replica_timeout_seconds)
+            try:
+                replicas = self.service_state.live_replicas(self.settings.replica_timeout_seconds)
+            except SQLAlchemyError as error:
+                # The write this waits for is committed: a database blip now must not answer it
+                # "unavailable, retry" (the retry would store it twice). It is stored; say it lags.
+                logger.warning("could not read the other workers' progress (%s)", type(error).__name__)
+                return self._lagging(what, "the other workers (progress unreadable)")
             behind = [r for r in replicas if r.replica_id != self.replica_id and not reached(r)]
             if not behind:
                 return True

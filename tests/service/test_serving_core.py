@@ -159,3 +159,24 @@ def test_a_filtered_search_never_returns_what_a_concurrent_write_put_outside_the
     monkeypatch.undo()
     others = client.post("/questions/similar", json={"question": text, "threshold": 1e-6, "filter": {"tenant": "other"}})
     assert sorted(r["id"] for r in others.json()["results"]) == sorted([moved, added[0]])
+
+
+def test_a_committed_write_is_never_answered_unavailable_by_a_blip_after_its_commit(client, monkeypatch):
+    # After the commit the write waits for the other workers' progress, read from the database: a
+    # failure there used to answer 503 "retry shortly", and the retry stored the question twice.
+    from sqlalchemy.exc import OperationalError
+
+    service_state = client.app.state.runtime.service_state
+    real = service_state.live_replicas
+
+    def blip(*args, **kwargs):
+        monkeypatch.setattr(service_state, "live_replicas", real)
+        raise OperationalError("SELECT ...", {}, Exception("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(service_state, "live_replicas", blip)
+    response = client.post("/questions", json={"text": "is my refund on its way"})
+    assert response.status_code == 201, response.text
+    assert client.get("/questions").json()["total"] == 1
+    assert "qsim_lagging_writes_total 1.0" in client.get("/metrics").text
+    found = client.post("/questions/similar", json={"question": "is my refund on its way", "threshold": 1e-9}).json()
+    assert [r["id"] for r in found["results"]] == [response.json()["id"]]
