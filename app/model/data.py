@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 class CorpusError(ValueError):
@@ -18,7 +19,7 @@ class CorpusError(ValueError):
 class Corpus:
     texts: list[str]
     labels: list[str] | None = None
-    extra: dict[str, list[str | None]] = field(default_factory=dict)
+    extra: dict[str, list[Any]] = field(default_factory=dict)  # as the file holds them (CSV: text)
     sha256: str = ""
     path: str = ""
     text_column: str = ""
@@ -75,7 +76,7 @@ def read_corpus(
         raise CorpusError(f"corpus file {path} {_not_a_file(path)}")
     texts: list[str] = []
     labels: list[str] | None = [] if label_column else None
-    extra: dict[str, list[str | None]] = {column: [] for column in extra_columns}
+    extra: dict[str, list[Any]] = {column: [] for column in extra_columns}
     columns: set[str] = set()
     try:
         for number, record in _rows(path):
@@ -93,7 +94,7 @@ def read_corpus(
                 labels.append(str(record[label_column]))
             for column in extra_columns:
                 value = record.get(column)
-                extra[column].append(None if value in (None, "") else str(value))
+                extra[column].append(None if value is None or value == "" else value)
     except UnicodeDecodeError as error:
         raise CorpusError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     if not texts:

@@ -8,6 +8,7 @@ entries; a running service picks the changes up from the log.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,17 +45,39 @@ def read_questions(
     questions = []
     for row, text in enumerate(corpus.texts):
         normalize(text)  # empty after normalisation is an error (read_corpus already refused blank rows)
-        external_id = corpus.extra[external_id_column][row] if external_id_column else None
+        external_id = _text(path, corpus, external_id_column, row)
         if external_id is not None:
             if external_id in seen:
                 raise ImportFileError(
                     f"{path}: external id {external_id!r} appears in data rows {seen[external_id] + 1} and {row + 1}"
                 )
             seen[external_id] = row
-        meta = {c: corpus.extra[c][row] for c in metadata_columns if corpus.extra[c][row] is not None} or None
-        answer = corpus.extra[answer_column][row] if answer_column else None
+        meta = {c: _scalar(path, corpus, c, row) for c in metadata_columns if corpus.extra[c][row] is not None} or None
+        answer = _text(path, corpus, answer_column, row)
         questions.append(NewQuestion(text=text, external_id=external_id, answer=answer, meta=meta))
     return questions
+
+
+def _text(path: Path, corpus, column: str | None, row: int) -> str | None:
+    """A text column's value: a JSON number is written as text (an id 42 is "42")."""
+    value = corpus.extra[column][row] if column else None
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise ImportFileError(f"{path}: data row {row + 1}: {column!r} must be text, got {json.dumps(value)}")
+
+
+def _scalar(path: Path, corpus, column: str, row: int) -> str | int | float | bool:
+    """A metadata column's value as the file holds it: CSV text, or a JSON string, number or
+    true/false (filters match it by type: true is not "True")."""
+    value = corpus.extra[column][row]
+    if isinstance(value, str | int | float | bool):
+        return value
+    raise ImportFileError(
+        f"{path}: data row {row + 1}: metadata column {column!r} holds {json.dumps(value)[:60]}; "
+        "a metadata column takes text, a number or true/false"
+    )
 
 
 def import_questions(
@@ -75,11 +98,7 @@ def import_questions(
                 stored = existing.get(item.external_id) if item.external_id else None
                 if stored is None:
                     continue
-                changes = {
-                    name: value
-                    for name, value in (("text", item.text), ("answer", item.answer), ("meta", item.meta))
-                    if getattr(stored, name) != value
-                }
+                changes = repository.changed_fields(stored, {"text": item.text, "answer": item.answer, "meta": item.meta})
                 if changes:
                     repository.update_fields(session, stored, changes)
                     report.updated += 1

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Row, delete, func, insert, select
 from sqlalchemy.orm import Session
 
+from app.core.db import json_text
 from app.questions.models import CHANGE_DELETE, CHANGE_META, CHANGE_UPSERT, Question, QuestionChange, utcnow
 
 
@@ -44,6 +45,18 @@ def create(session: Session, items: Sequence[NewQuestion]) -> list[Question]:
     session.flush()
     log_changes(session, (q.id for q in questions), CHANGE_UPSERT)
     return questions
+
+
+def _differs(stored: Any, given: Any) -> bool:
+    if isinstance(stored, dict | list) or isinstance(given, dict | list):
+        return json_text(stored) != json_text(given)
+    return stored != given
+
+
+def changed_fields(question: Question, wanted: dict[str, Any]) -> dict[str, Any]:
+    """The fields of `wanted` whose value would change `question`: metadata compared as JSON
+    documents (true is not 1, 1 == 1.0), the rest by value."""
+    return {name: value for name, value in wanted.items() if _differs(getattr(question, name), value)}
 
 
 def update_fields(session: Session, question: Question, fields: dict[str, Any]) -> Question:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.core.db import Database, json_text
+from app.core.db import Database
 from app.core.errors import ConflictError, NotFoundError
 from app.model.encoder import Encoded
 from app.questions import repository
@@ -26,13 +26,6 @@ from app.similarity.applier import ChangeApplier
 from app.similarity.search_service import ModelSummary, SearchAnswer, SearchQuery, SearchService
 
 logger = logging.getLogger(__name__)
-
-
-def _differs(stored: Any, given: Any) -> bool:
-    """Whether a field's new value changes it: metadata compared as JSON documents (true is not 1)."""
-    if isinstance(stored, dict | list) or isinstance(given, dict | list):
-        return json_text(stored) != json_text(given)
-    return stored != given
 
 
 class QuestionNotFound(NotFoundError):
@@ -160,10 +153,12 @@ class QuestionService:
                     ordered.append(next(created))
                     continue
                 if on_conflict == "update":
-                    repository.update_fields(
-                        session, question, {"text": item.text, "answer": item.answer, "meta": item.meta}
+                    changed = repository.changed_fields(
+                        question, {"text": item.text, "answer": item.answer, "meta": item.meta}
                     )
-                    updated += 1
+                    if changed:  # a replay changes nothing: no new updated_at, no change logged
+                        repository.update_fields(session, question, changed)
+                        updated += 1
                 ordered.append(question)
             return BulkOutcome(ordered, len(items) - len(existing), updated, len(existing) - updated)
 
@@ -179,7 +174,7 @@ class QuestionService:
             question = repository.get_for_update(session, question_id)
             if question is None:
                 raise QuestionNotFound(question_id)
-            changed = {name: value for name, value in fields.items() if _differs(getattr(question, name), value)}
+            changed = repository.changed_fields(question, fields)
             if not changed:
                 return question
             if changed.get("external_id") is not None:
@@ -206,7 +201,7 @@ class QuestionService:
             if question is None:
                 return PutOutcome(repository.create(session, [item])[0], created=True, changed=True)
             wanted = {"text": item.text, "answer": item.answer, "meta": item.meta}
-            changed = {name: value for name, value in wanted.items() if _differs(getattr(question, name), value)}
+            changed = repository.changed_fields(question, wanted)
             if changed:
                 repository.update_fields(session, question, changed)
             return PutOutcome(question, created=False, changed=bool(changed))

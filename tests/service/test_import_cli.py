@@ -58,6 +58,38 @@ def test_import_loads_and_a_reimport_only_applies_what_changed(env, tmp_path, ca
     assert stored(env)[0]["d2"][0] == "a reworded question"
 
 
+def test_a_reimport_that_turns_metadata_1_into_true_updates_it(env, tmp_path, capsys):
+    import json
+
+    path = tmp_path / "desk.jsonl"
+    args = ["import", "--file", str(path), "--text-column", "q", "--external-id-column", "id",
+            "--metadata-column", "vip", "--no-progress"]
+    path.write_text(json.dumps({"id": "d1", "q": "card never arrived", "vip": 1}) + "\n")
+    assert main(args) == 0
+    assert stored(env)[0]["d1"][2] == {"vip": 1}  # JSON values are kept as JSON, not as Python's str()
+    path.write_text(json.dumps({"id": "d1", "q": "card never arrived", "vip": True}) + "\n")
+    assert main(args) == 0
+    assert "0 created, 1 updated, 0 unchanged" in capsys.readouterr().out.splitlines()[-1]
+    assert stored(env)[0]["d1"][2] == {"vip": True}
+    path.write_text(json.dumps({"id": 42, "q": "card never arrived", "vip": {"nested": 1}}) + "\n")
+    assert main(args) == 2
+    assert "metadata column 'vip' holds" in capsys.readouterr().err
+
+
+def test_reimporting_through_the_library_compares_metadata_as_json(env):
+    from app.questions.importer import import_questions
+    from app.questions.repository import NewQuestion
+
+    database = open_database(env)
+    try:
+        import_questions(database, [NewQuestion("card lost", external_id="x1", meta={"vip": 1})])
+        report = import_questions(database, [NewQuestion("card lost", external_id="x1", meta={"vip": True})])
+        assert (report.updated, report.unchanged) == (1, 0)
+    finally:
+        database.dispose()
+    assert stored(env)[0]["x1"][2] == {"vip": True}
+
+
 def test_import_errors_name_the_problem_and_write_nothing(env, tmp_path, capsys):
     path = write_csv(tmp_path / "bad.csv", [{"id": "x", "q": "fine"}, {"id": "x", "q": "twice"}])
     assert main(["import", "--file", str(path), "--text-column", "q", "--external-id-column", "id"]) == 2

@@ -114,6 +114,21 @@ def test_bulk_can_skip_or_update_existing_external_ids(client, stored):
     assert ids_found(client, "updated text for q1") == [stored[1]["id"]]
 
 
+def test_a_bulk_update_replay_changes_nothing_like_a_put_replay(client):
+    body = {"questions": [{"text": "refund for a card payment", "external_id": "rb1", "answer": "a",
+                           "metadata": {"vip": 1}}], "on_conflict": "update"}
+    first = client.post("/questions/bulk", json=body).json()
+    revision = client.get("/readyz").json()["revision"]
+    replay = client.post("/questions/bulk", json=body).json()
+    assert (replay["created"], replay["updated"], replay["skipped"]) == (0, 0, 1)
+    assert replay["items"] == first["items"]  # same updated_at
+    assert client.get("/readyz").json()["revision"] == revision  # no change logged
+    # true is not 1: a real change of the metadata is one
+    changed = {"questions": [{**body["questions"][0], "metadata": {"vip": True}}], "on_conflict": "update"}
+    assert client.post("/questions/bulk", json=changed).json()["updated"] == 1
+    assert client.get(f"/questions/{first['items'][0]['id']}").json()["metadata"] == {"vip": True}
+
+
 def test_bulk_rejects_an_external_id_twice_in_one_request(client):
     response = client.post(
         "/questions/bulk", json={"questions": [{"text": "a", "external_id": "x"}, {"text": "b", "external_id": "x"}]}
