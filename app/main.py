@@ -61,15 +61,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(feedback_admin_router)
     app.include_router(clusters_router)
     app.include_router(health_router)
+    app.add_middleware(HeadAsGet)
+    app.add_middleware(BodyTimeout, seconds=settings.body_timeout_seconds)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
+        # Outside the body checks: a browser desk reads their 413 and 408 like any other answer.
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["Location", "Retry-After"],
         )
-    app.add_middleware(HeadAsGet)
-    app.add_middleware(BodyTimeout, seconds=settings.body_timeout_seconds)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     return app

@@ -82,6 +82,25 @@ def test_cors_allows_exactly_the_configured_origins(database_url, tiny_model_dir
         client.__exit__(None, None, None)
 
 
+def test_a_browser_desk_reads_the_services_own_refusals_and_their_headers(database_url, tiny_model_dir, tmp_path):
+    # A 413 for a declared body too large was answered before CORS ran: a page on the allowed
+    # origin saw a network error instead of the message. Location and Retry-After are readable.
+    client = start_client(make_settings(database_url, tiny_model_dir, tmp_path, cors_origins=["https://desk.example"],
+                                        max_body_bytes=1000))
+    origin = {"Origin": "https://desk.example"}
+    try:
+        too_big = client.post("/questions/bulk", content=b"{" + b" " * 2000 + b"}",
+                              headers={**origin, "content-type": "application/json"})
+        assert too_big.status_code == 413
+        assert too_big.headers["access-control-allow-origin"] == "https://desk.example"
+        created = client.put("/questions/by-external-id/c1", json={"text": "card arrived broken"}, headers=origin)
+        assert created.status_code == 201 and created.headers["location"]
+        exposed = {h.strip().lower() for h in created.headers["access-control-expose-headers"].split(",")}
+        assert {"location", "retry-after"} <= exposed
+    finally:
+        client.__exit__(None, None, None)
+
+
 @pytest.mark.parametrize("name", ["/etc/passwd", "..", "default/../../var", "a" * 101, "~root", ".hidden"])
 def test_requests_cannot_point_the_service_at_files(client, admin, name):
     response = client.post("/admin/reindex", headers=admin, json={"model": name})
