@@ -25,6 +25,9 @@ APPROXIMATE_KINDS: tuple[str, ...] = ("ivf", "hnsw", "sq8")
 # Largest k a kNN search is grown to when an approximate structure is asked for a radius (the GPU
 # selection limit, used on CPU too so both answer alike).
 APPROXIMATE_MAX_K = 2048
+# A squared radius at or above this holds every sample and takes the ranking path, as inf does
+# (FAISS takes the radius as a C float: a larger one is refused).
+FAISS_MAX_RADIUS = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,7 @@ class ApproximateIndex:
             return self._candidate_samples(queries, squared_radius, ranking_k)
 
     def _candidate_samples(self, queries: np.ndarray, squared_radius: float, ranking_k: int) -> np.ndarray:
-        if math.isinf(squared_radius):
+        if squared_radius >= FAISS_MAX_RADIUS:  # every sample is within it (FAISS takes a C float)
             _, labels = self._knn(queries, min(ranking_k, self.index.ntotal))
             return labels[labels >= 0]
         if self.device_index is None and self.spec.kind != "hnsw":

@@ -51,6 +51,17 @@ def test_ranking_returns_exact_distances(kind):
             assert match.distance == closest and match.pairs_within == 16
 
 
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("kind", ["ivf", "hnsw", "sq8"])
+def test_a_threshold_beyond_what_faiss_holds_as_a_float_ranks_like_an_infinite_one(kind, metric):
+    # Any finite t passes the API; a squared radius above float32's range made IVF's range search
+    # refuse its argument (a 500).
+    index = approximate_index(kind, metric)
+    for threshold in (1e19, 1e20, 1e30):
+        huge = index.search(QUERIES, threshold=threshold, limit=5)
+        assert huge == index.search(QUERIES, threshold=math.inf, limit=5), threshold
+
+
 def test_ivf_probing_every_list_finds_every_match():
     index = approximate_index("ivf", nprobe=16)
     for query, result in zip(QUERIES, index.search(QUERIES, threshold=1.2, limit=100), strict=True):
