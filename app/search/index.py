@@ -459,8 +459,11 @@ class SimilarityIndex:
         if not self._background_merges:
             self._merge_until_settled()
         elif self._merge_thread is None:
-            self._merge_thread = threading.Thread(target=self._merge_in_background, name="qsim-index-merge", daemon=True)
-            self._merge_thread.start()
+            # Started before it is published: wait_for_merges joins whatever thread it reads, and
+            # joining one not yet started raises. It cannot finish first: it needs this lock.
+            thread = threading.Thread(target=self._merge_in_background, name="qsim-index-merge", daemon=True)
+            thread.start()
+            self._merge_thread = thread
 
     def _merge_in_background(self) -> None:
         try:

@@ -58,3 +58,35 @@ def test_readers_see_whole_batches_while_a_writer_applies_and_merges():
     assert index.merge_error is None
     assert index.revision == group - 1
     assert sorted(index.ids().tolist()) == np.concatenate([group_ids(g) for g in range(group - 3, group)]).tolist()
+
+
+def test_waiting_for_merges_while_another_thread_writes_never_raises(monkeypatch):
+    import app.search.index as index_module
+
+    class SlowToStart(threading.Thread):  # widens the moment between creating and starting it
+        def start(self):
+            time.sleep(0.01)
+            super().start()
+
+    monkeypatch.setattr(index_module.threading, "Thread", SlowToStart)
+    index = SimilarityIndex(4, 3, "l2", model_id="m", device="cpu", merge_factor=2, merge_floor_questions=8)
+    stop, errors = threading.Event(), []
+
+    def waiter():
+        while not stop.is_set():
+            try:
+                index.wait_for_merges()
+            except RuntimeError as error:  # "cannot join thread before it is started"
+                errors.append(error)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    rng = np.random.default_rng(0)
+    try:
+        for _ in range(60):
+            index.add(rng.choice(5000, 20, replace=False), rng.standard_normal((20, 3, 4)).astype(np.float32))
+    finally:
+        stop.set()
+        thread.join()
+    assert errors == []
+    assert index.wait_for_merges(30)
