@@ -213,6 +213,7 @@ class DeskService:
             )
             for row, (qid, entry) in enumerate(zip(present, entries, strict=True))
         ]
+        candidates.sort(key=lambda c: (float(c.distances.min()), c.id))  # nearest first, given ids too
         return Explanation(Rule.of(state), state.revision, encoded.mean[0], query, candidates, missing)
 
     @staticmethod

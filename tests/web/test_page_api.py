@@ -113,8 +113,14 @@ def test_explain_pool_reproduces_the_service_answer_for_any_rule(client, stored)
 def test_explain_given_ids_reports_the_ones_it_does_not_hold(client, stored):
     wanted = [stored[3]["id"], 10**9, stored[1]["id"], stored[3]["id"]]
     body = client.post("/questions/explain", json={"question": QUERY, "ids": wanted}).json()
-    assert [r["id"] for r in body["results"]] == [stored[3]["id"], stored[1]["id"]]
+    assert sorted(r["id"] for r in body["results"]) == sorted([stored[3]["id"], stored[1]["id"]])
     assert body["missing"] == [10**9]
+    # nearest first, whatever order the ids came in
+    every = [q["id"] for q in stored]
+    for order in (every, every[::-1]):
+        results = client.post("/questions/explain", json={"question": QUERY, "ids": order}).json()["results"]
+        assert [(r["distance"], r["id"]) for r in results] == sorted((r["distance"], r["id"]) for r in results)
+        assert len(results) == len(every)
     client.delete(f"/questions/{stored[1]['id']}")
     body = client.post("/questions/explain", json={"question": QUERY, "ids": [stored[1]["id"]]}).json()
     assert body["results"] == [] and body["missing"] == [stored[1]["id"]]
