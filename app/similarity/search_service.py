@@ -33,6 +33,7 @@ from app.similarity.catalog import InvalidFilter
 from app.similarity.state import SearchState
 
 LOW_COVERAGE = "low_coverage"
+LOAD_POLL_SECONDS = 0.1  # how often a request waiting for the index to load looks again
 # Identical codes are at distance 0 (l2: exactly; cosine: within rounding of 1 - cos).
 IDENTICAL_CODES_DISTANCE = 1e-9
 
@@ -283,8 +284,16 @@ class SearchService:
         return answers
 
     async def _loaded_async(self) -> None:
-        if not self._wait_until_loaded(0):
-            await asyncio.to_thread(self._wait_until_loaded, self.load_wait)
+        """Waits up to the load wait for an index, on the event loop: a thread per waiting request
+        (the loop's small default pool) made the waits queue behind each other."""
+        if self._wait_until_loaded(0):
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.load_wait
+        pause = 0.01
+        while not self._wait_until_loaded(0) and loop.time() < deadline:
+            await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
+            pause = min(pause * 2, LOAD_POLL_SECONDS)
 
     async def similar_async(self, query: SearchQuery) -> SearchAnswer:
         """One question, micro-batched with whatever else is being asked right now; awaited on the

@@ -120,3 +120,43 @@ def test_a_lone_caller_is_not_held_back_by_the_batch_wait_but_concurrent_callers
         assert sum(seen_batches) == 15
     finally:
         batcher.stop()
+
+
+def test_requests_to_a_worker_still_loading_all_get_their_503_after_the_load_wait(
+    database_url, tiny_model_dir, tmp_path, monkeypatch
+):
+    # Each waiting request used to hold a thread of the event loop's small default pool for the
+    # whole load wait, so with more waiters than threads the 503s came one pool-full at a time.
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.similarity.state import StateBuilder
+
+    loading = threading.Event()
+    real_build = StateBuilder.build
+
+    def slow_build(self, *args, **kwargs):
+        loading.wait(60)
+        return real_build(self, *args, **kwargs)
+
+    monkeypatch.setattr(StateBuilder, "build", slow_build)
+    client = TestClient(create_app(make_settings(database_url, tiny_model_dir, tmp_path, load_wait_seconds=1.0)))
+    client.__enter__()
+    answers: list[tuple[float, int]] = []
+
+    def ask():
+        started = time.monotonic()
+        response = client.post("/questions/similar", json={"question": "my card"})
+        answers.append((time.monotonic() - started, response.status_code))
+
+    try:
+        askers = [threading.Thread(target=ask) for _ in range(24)]
+        for asker in askers:
+            asker.start()
+        for asker in askers:
+            asker.join(30)
+        assert [status for _, status in answers] == [503] * 24
+        assert max(waited for waited, _ in answers) < 2.5, sorted(answers)
+    finally:
+        loading.set()
+        client.__exit__(None, None, None)
