@@ -26,8 +26,8 @@ class Settings(BaseSettings):
         f"sqlite:///{PROJECT_ROOT / 'var' / 'qsim.db'}",
         description="SQLAlchemy URL; SQLite file by default, postgresql+psycopg://... in docker-compose",
     )
-    database_wait_seconds: float = Field(60.0, description="how long prestart waits for the database")
-    database_timeout_seconds: float = Field(2.0, description="connect/statement timeout, so an outage fails fast")
+    database_wait_seconds: float = Field(60.0, ge=0, description="how long prestart waits for the database")
+    database_timeout_seconds: float = Field(2.0, gt=0, description="connect/statement timeout, so an outage fails fast")
 
     # Model and index
     model_dir: Path = Field(PROJECT_ROOT / "models" / "default", description="the model served at first start")
@@ -97,21 +97,21 @@ class Settings(BaseSettings):
         "(another script, emoji) is answered only with stored questions of the same text, and says so "
         "(reason low_coverage)",
     )
-    search_timeout_seconds: float = Field(10.0, description="a queued search not answered by then gets 503")
+    search_timeout_seconds: float = Field(10.0, gt=0, description="a queued search not answered by then gets 503")
     load_wait_seconds: float = Field(
         5.0,
         ge=0,
         description="a search that reaches a worker still loading its index waits this long for it before a 503; "
         "with several workers, the readiness probe answers from whichever worker it reaches",
     )
-    shutdown_grace_seconds: float = Field(10.0, description="how long shutdown waits for a running reindex")
+    shutdown_grace_seconds: float = Field(10.0, ge=0, description="how long shutdown waits for a running reindex")
     access_log: bool = Field(True, description="uvicorn access log lines")
 
     # Search micro-batching and back-pressure
-    batch_max_size: int = 64
-    batch_max_wait_ms: float = 2.0
-    queue_max: int = 1024
-    retry_after_seconds: int = 1
+    batch_max_size: int = Field(64, ge=1)
+    batch_max_wait_ms: float = Field(2.0, ge=0)
+    queue_max: int = Field(1024, ge=1, description="questions waiting for the search executor; past it, 503")
+    retry_after_seconds: int = Field(1, ge=0)
     # The change applier (app/similarity/applier.py), the one writer of the index
     applier_poll_ms: float = Field(
         50.0, gt=0,

@@ -181,6 +181,10 @@ def test_the_api_documentation_names_the_settings(client):
         ("QSIM_PORT", "99999", "QSIM_PORT: Input should be less than or equal to 65535"),
         ("QSIM_MAX_LIMIT", "0", "QSIM_MAX_LIMIT: Input should be greater than or equal to 1"),
         ("QSIM_WORKERS", "0", "QSIM_WORKERS: Input should be greater than or equal to 1"),
+        ("QSIM_SEARCH_TIMEOUT_SECONDS", "0", "QSIM_SEARCH_TIMEOUT_SECONDS: Input should be greater than 0"),
+        ("QSIM_QUEUE_MAX", "0", "QSIM_QUEUE_MAX: Input should be greater than or equal to 1"),
+        ("QSIM_BATCH_MAX_SIZE", "0", "QSIM_BATCH_MAX_SIZE: Input should be greater than or equal to 1"),
+        ("QSIM_DATABASE_TIMEOUT_SECONDS", "-1", "QSIM_DATABASE_TIMEOUT_SECONDS: Input should be greater than 0"),
         ("QSIM_CORS_ORIGINS", "http://a.example", "QSIM_CORS_ORIGINS must be JSON"),
     ],
 )
