@@ -83,6 +83,10 @@ class Runtime:
         self.searches.stop()
         self.jobs.wait(timeout=self.settings.shutdown_grace_seconds)
         try:
+            self.jobs.fail_unfinished()
+        except Exception:  # the database may be what is going away
+            logger.warning("could not record the unfinished jobs as interrupted; they go stale instead")
+        try:
             self.applier.stop()
         except Exception:
             logger.exception("saving the index at shutdown failed; it will be rebuilt or caught up at the next start")

@@ -42,6 +42,11 @@ class JobConflict(ConflictError, RuntimeError):
 Work = Callable[[Callable[[float], None]], None]
 
 
+def _interrupted(job: Job) -> None:
+    job.status, job.finished_at = FAILED, utcnow()
+    job.error = "interrupted: the service stopped before the job finished"
+
+
 class JobManager:
     """Background jobs of several kinds (reindex, clusters): one job of each kind at a time."""
 
@@ -58,15 +63,36 @@ class JobManager:
         cutoff = utcnow() - STALE_AFTER
         with self.db.writing() as session:
             orphans = session.execute(select(Job).where(Job.status.in_(ACTIVE))).scalars().all()
-            stale = [job for job in orphans if (job.heartbeat_at or job.created_at) < cutoff]
+            stale = [job for job in orphans if (job.heartbeat_at or job.created_at) < cutoff and not self._runs(job.id)]
             for job in stale:
-                job.status, job.finished_at = FAILED, utcnow()
-                job.error = "interrupted: the service stopped before the job finished"
+                _interrupted(job)
         return len(stale)
 
     def get(self, job_id: str) -> Job | None:
+        """The job; one still marked active whose process stopped beating (killed, or restarted
+        before the start-up check could see it stale) is recorded failed as it is read."""
         with self.db.reading() as session:
-            return session.get(Job, job_id)
+            job = session.get(Job, job_id)
+        if job is not None and job.status in ACTIVE and (job.heartbeat_at or job.created_at) < utcnow() - STALE_AFTER:
+            self.fail_orphans()
+            with self.db.reading() as session:
+                job = session.get(Job, job_id)
+        return job
+
+    def fail_unfinished(self) -> int:
+        """At shutdown, after the grace: this process's jobs still running are recorded failed (a
+        client polling one would otherwise read 'running' until it went stale)."""
+        unfinished = [job_id for job_id, thread in self._threads.values() if thread.is_alive()]
+        if not unfinished:
+            return 0
+        with self.db.writing() as session:
+            jobs = session.execute(select(Job).where(Job.id.in_(unfinished), Job.status.in_(ACTIVE))).scalars().all()
+            for job in jobs:
+                _interrupted(job)
+        return len(jobs)
+
+    def _runs(self, job_id: str) -> bool:
+        return any(owned == job_id and thread.is_alive() for owned, thread in self._threads.values())
 
     def start_reindex(self, model_dir: Path | None, model_name: str | None) -> Job:
         return self.start("reindex", lambda progress: self._reindex(model_dir, progress), model_name)

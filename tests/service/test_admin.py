@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.service_fixtures import make_settings, start_client
+from tests.service_fixtures import ADMIN_TOKEN, make_settings, start_client
 
 
 def wait_for_job(client, admin, job_id, timeout=60.0) -> dict:
@@ -173,3 +173,43 @@ def test_one_reindex_at_a_time(client, admin, stored, monkeypatch):
     release.set()
     assert wait_for_job(client, admin, first)["status"] == "succeeded"
     assert client.post("/admin/reindex", headers=admin).status_code == 202
+
+
+def test_a_job_a_killed_process_left_running_reads_failed_once_its_heartbeat_is_stale(client, admin):
+    # kill -9 (or a shutdown whose grace ran out) leaves the row "running" with a fresh heartbeat;
+    # after a quick restart the start-up check saw it fresh, and polling clients read "running" forever.
+    from datetime import timedelta
+
+    from app.admin.models import Job
+    from app.admin.service import STALE_AFTER
+    from app.questions.models import utcnow
+
+    with client.app.state.runtime.db.writing() as session:
+        session.add(Job(id="11111111-1111-1111-1111-111111111111", kind="reindex", status="running", progress=0.3,
+                        created_at=utcnow() - 2 * STALE_AFTER, heartbeat_at=utcnow() - STALE_AFTER - timedelta(seconds=1)))
+    job = client.get("/admin/jobs/11111111-1111-1111-1111-111111111111", headers=admin).json()
+    assert job["status"] == "failed" and "interrupted" in job["error"]
+
+
+def test_a_reindex_still_running_when_the_shutdown_grace_ends_is_recorded_interrupted(
+    database_url, tiny_model_dir, tmp_path, monkeypatch
+):
+    from app.admin.models import Job
+    from app.core.db import open_database
+
+    client = start_client(make_settings(database_url, tiny_model_dir, tmp_path, shutdown_grace_seconds=0.2))
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    release = threading.Event()
+    builder = client.app.state.runtime.builder
+    real_build = builder.build
+    monkeypatch.setattr(builder, "build", lambda *a, **k: (release.wait(30), real_build(*a, **k))[1])
+    job_id = client.post("/admin/reindex", headers=admin).json()["job_id"]
+    try:
+        client.__exit__(None, None, None)
+        database = open_database(database_url)
+        with database.reading() as session:
+            job = session.get(Job, job_id)
+            assert job.status == "failed" and "interrupted" in job.error
+        database.dispose()
+    finally:
+        release.set()
