@@ -34,7 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.admin.repository import ActiveModel, ReplicaProgress, ServiceStateRepository
 from app.core.config import Settings
 from app.core.db import Database
-from app.core.errors import Unavailable
+from app.core.errors import ConflictError, Unavailable
 from app.model.encoder import QuestionEncoder
 from app.questions import repository
 from app.questions.models import CHANGE_DELETE, CHANGE_META, CHANGE_UPSERT
@@ -52,6 +52,11 @@ WOKEN_REPLICA_CHECK_SECONDS = 0.004
 
 class NotReady(Unavailable):
     """No model or index is loaded yet."""
+
+
+class ModelChangedDuringRebuild(ConflictError):
+    """A rebuild with the live model finished after another worker switched every worker to
+    another model: publishing it would serve the old model under the new generation."""
 
 
 class ChangeApplier:
@@ -334,6 +339,7 @@ class ChangeApplier:
         """Makes a freshly built state live after replaying the changes made while it was built, and
         saves it. With `activate` (its model directory), records it as the model every worker serves
         (a new generation) and waits until the other live workers follow."""
+        rebuild_of_the_served_model = activate is None
         if self.builder.backend == "milvus" and activate is None:
             # Every replica reads the collection the alias names: a rebuild is a new generation
             # they all follow, even with the same model.
@@ -341,6 +347,12 @@ class ChangeApplier:
         if activate is not None:
             self.save_state(new_state)  # before the switch is recorded: followers load it instead of building
         with self._write_lock:
+            live = self.state
+            if rebuild_of_the_served_model and live.encoder.model_id != new_state.encoder.model_id:
+                raise ModelChangedDuringRebuild(
+                    f"the served model changed to {live.encoder.name} ({live.encoder.model_id}) while this rebuild "
+                    f"with {new_state.encoder.name} ran; nothing was switched: reindex again"
+                )
             catch_up(self.db, new_state)
             previous = self.builder.publish(new_state)
             if activate is not None:

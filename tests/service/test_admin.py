@@ -213,3 +213,18 @@ def test_a_reindex_still_running_when_the_shutdown_grace_ends_is_recorded_interr
         database.dispose()
     finally:
         release.set()
+
+
+def test_a_rebuild_that_ends_after_another_workers_model_switch_is_refused_not_served(
+    client, stored, other_tiny_model_dir
+):
+    from app.similarity.applier import ModelChangedDuringRebuild
+
+    runtime = client.app.state.runtime
+    live = runtime.applier.state
+    stale = runtime.builder.build(live.encoder, live.generation)  # a rebuild with the served model...
+    switched = runtime.reindex(model_dir=other_tiny_model_dir)  # ...while every worker moved on
+    with pytest.raises(ModelChangedDuringRebuild, match="reindex again"):
+        runtime.applier.switch(stale)
+    assert runtime.applier.state.encoder.model_id == switched.encoder.model_id != live.encoder.model_id
+    assert runtime.applier.state.generation == switched.generation
