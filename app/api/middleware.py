@@ -125,7 +125,12 @@ class HeadAsGet:
                 message = {"type": "http.response.body", "body": b""}
             await send(message)
 
-        await self.app(scope, receive, without_body)
+        try:
+            await self.app(scope, receive, without_body)
+        finally:
+            # An unexpected error is answered outside this middleware (ServerErrorMiddleware): the
+            # server must see HEAD then too, or it writes that answer's body after a HEAD.
+            scope["method"] = "HEAD"
 
 
 class RequestMetrics:

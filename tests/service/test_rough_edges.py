@@ -134,6 +134,25 @@ def test_head_on_a_real_socket_keeps_the_connection_and_logs_no_error(server, ca
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
 
 
+def test_head_answered_by_an_unexpected_error_carries_no_body_either(server, monkeypatch):
+    app, port = server
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("unexpected")
+
+    monkeypatch.setattr(app.state.runtime.questions, "get", broken)
+    connection = socket.create_connection(("127.0.0.1", port), timeout=2)
+    connection.sendall(b"HEAD /questions/1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    reply = b""
+    try:
+        while chunk := connection.recv(65536):  # uvicorn closes a connection after an app error
+            reply += chunk
+    except TimeoutError:
+        pass
+    connection.close()
+    assert reply.startswith(b"HTTP/1.1 500") and reply.endswith(b"\r\n\r\n"), reply  # headers only
+
+
 def test_a_body_that_is_not_json_is_415_naming_application_json(client):
     plain = client.post("/questions/similar", content=b'{"question": "x"}', headers={"content-type": "text/plain"})
     form = client.post("/questions", data={"text": "x"})
