@@ -18,6 +18,7 @@ from app.model.data import CorpusError, read_corpus
 from app.model.text import normalize
 from app.questions import repository
 from app.questions.repository import NewQuestion
+from app.questions.schemas import check_metadata
 
 
 class ImportFileError(CorpusError):
@@ -53,6 +54,10 @@ def read_questions(
                 )
             seen[external_id] = row
         meta = {c: _scalar(path, corpus, c, row) for c in metadata_columns if corpus.extra[c][row] is not None} or None
+        try:
+            check_metadata(meta)  # what the API keeps to: finite numbers, storable text, a size limit
+        except ValueError as error:
+            raise ImportFileError(f"{path}: data row {row + 1}: metadata {error}") from None
         answer = _text(path, corpus, answer_column, row)
         questions.append(NewQuestion(text=text, external_id=external_id, answer=answer, meta=meta))
     return questions

@@ -81,7 +81,8 @@ def _storable_json(value: Any, depth: int = 1) -> None:
             _storable_json(item, depth + 1)
 
 
-def _check_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
+def check_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The rules every stored metadata document keeps (the API's and `qsim import`'s): ValueError otherwise."""
     if value is None:
         return value
     _storable_json(value)
@@ -94,7 +95,7 @@ def _check_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
     return value
 
 
-Metadata = Annotated[dict[str, Any] | None, AfterValidator(_check_metadata)]
+Metadata = Annotated[dict[str, Any] | None, AfterValidator(check_metadata)]
 
 
 def _check_filter(value: dict[str, Any] | None) -> dict[str, Any] | None:
