@@ -349,6 +349,8 @@ class ChangeApplier:
         with self._write_lock:
             live = self.state
             if rebuild_of_the_served_model and live.encoder.model_id != new_state.encoder.model_id:
+                if self.builder.backend == "milvus":
+                    self.builder.drop_collection(new_state.index.name)  # saved above; never served
                 raise ModelChangedDuringRebuild(
                     f"the served model changed to {live.encoder.name} ({live.encoder.model_id}) while this rebuild "
                     f"with {new_state.encoder.name} ran; nothing was switched: reindex again"
