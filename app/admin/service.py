@@ -133,7 +133,21 @@ class JobManager:
         except SQLAlchemyError as error:  # the job goes on; its record catches up at the next update
             logger.warning("could not record progress of job %s: %s", job_id, error)
 
+    def _beat(self, job_id: str, done: threading.Event) -> None:
+        """The job's heartbeat while its thread runs, whether or not its work reports progress
+        (a compaction, a save or the wait for other workers can take longer than STALE_AFTER)."""
+        while not done.wait(HEARTBEAT_SECONDS):
+            self._set(job_id)
+
     def _run(self, job_id: str, kind: str, work: Work, on_success) -> None:
+        done = threading.Event()
+        threading.Thread(target=self._beat, args=(job_id, done), name=f"{kind}-beat-{job_id[:8]}", daemon=True).start()
+        try:
+            self._run_work(job_id, kind, work, on_success)
+        finally:
+            done.set()
+
+    def _run_work(self, job_id: str, kind: str, work: Work, on_success) -> None:
         self._set(job_id, status=RUNNING, started_at=utcnow())
         last_beat = time.monotonic()
 

@@ -228,3 +228,37 @@ def test_a_rebuild_that_ends_after_another_workers_model_switch_is_refused_not_s
         runtime.applier.switch(stale)
     assert runtime.applier.state.encoder.model_id == switched.encoder.model_id != live.encoder.model_id
     assert runtime.applier.state.generation == switched.generation
+
+
+def test_a_job_another_worker_runs_silently_for_longer_than_the_stale_limit_still_reads_running(
+    database_url, tiny_model_dir, tmp_path, monkeypatch
+):
+    # Reading a job records a stale one failed: a live job whose work reports no progress for a
+    # while (a compaction, a save, the wait for other workers) must keep beating, or another
+    # worker's read would call it interrupted and accept a second reindex beside it.
+    from datetime import timedelta
+
+    import app.admin.service as jobs_module
+    from app.admin.service import JobManager
+    from app.core.db import open_database
+
+    monkeypatch.setattr(jobs_module, "STALE_AFTER", timedelta(seconds=0.6))
+    monkeypatch.setattr(jobs_module, "HEARTBEAT_SECONDS", 0.1)
+    client = start_client(make_settings(database_url, tiny_model_dir, tmp_path))  # migrates the database
+    database = open_database(database_url)
+    release = threading.Event()
+    try:
+        owner = JobManager(database, reindex=lambda model_dir, progress: release.wait(30))
+        other = JobManager(database, reindex=lambda model_dir, progress: None)
+        job = owner.start_reindex(None, None)
+        time.sleep(1.5)  # well past the stale limit without a progress report
+        assert other.get(job.id).status == "running"
+        release.set()
+        deadline = time.monotonic() + 10
+        while other.get(job.id).status != "succeeded":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        release.set()
+        database.dispose()
+        client.__exit__(None, None, None)
