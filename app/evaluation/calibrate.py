@@ -130,6 +130,14 @@ def holdout_split(
         n_queries = min(n - 1, max(1, round(n * fraction)))
         stored, queries = np.sort(order[n_queries:]), np.sort(order[:n_queries])
         split = {"method": "seeded random split", "fraction": fraction, "seed": seed}
+    if corpus.labels is not None:  # a question without a label cannot be judged: it stays stored only
+        unlabelled = queries[[corpus.labels[i] is None for i in queries]]
+        if len(unlabelled):
+            queries = queries[[corpus.labels[i] is not None for i in queries]]
+            stored = np.sort(np.concatenate([stored, unlabelled]))
+            split["unlabelled_moved_to_stored"] = int(len(unlabelled))
+        if len(queries) == 0:
+            raise CalibrationError(f"{corpus.path}: none of the held-out rows has a label")
     if max_queries is not None and len(queries) > max_queries:
         queries = np.sort(np.random.default_rng([seed, 0x9E]).choice(queries, max_queries, replace=False))
         split["queries_sampled"] = max_queries
@@ -144,7 +152,7 @@ def out_of_scope_labels(query_labels: Sequence[str], fraction: float, seed: int)
         raise CalibrationError(f"the out-of-scope fraction must be in [0, 1), got {fraction}")
     if fraction == 0:
         return []
-    labels = sorted(set(query_labels))
+    labels = sorted({label for label in query_labels if label is not None})
     if len(labels) < 2:
         raise CalibrationError(
             f"holding out labels as out of scope needs at least 2 labels among the held-out queries, found {len(labels)}"
@@ -815,8 +823,18 @@ def calibrate_after_training(
     texts = corpus.texts
     described = {"path": corpus.path, "sha256": corpus.sha256, "rows": n}
     sweeps, source, rule = None, None, None
-    if corpus.labels is not None:
+    judged = [i for i in queries if corpus.labels is not None and corpus.labels[i] is not None]
+    distinct = {corpus.labels[i] for i in judged}
+    if corpus.labels is not None and len(distinct) < 2:
+        log(f"calibration: the validation rows carry {len(distinct)} distinct label(s); same label = right needs "
+            "at least 2, so the labels are not used to calibrate")
+        split["labels_not_used"] = f"{len(distinct)} distinct label(s) among the validation rows"
+    if corpus.labels is not None and len(distinct) >= 2:
         source = "labels"
+        if len(judged) < len(queries):  # rows without a label stay on the stored side
+            split["unlabelled_moved_to_stored"] = len(queries) - len(judged)
+            stored_rows = np.sort(np.concatenate([stored_rows, np.setdiff1d(queries, judged)]))
+            queries = np.asarray(judged, dtype=np.int64)
         fraction = out_of_scope_fraction
         try:
             out_of_scope_labels([corpus.labels[i] for i in queries], fraction, seed)

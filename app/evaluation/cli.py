@@ -100,6 +100,22 @@ def _held_out_parts(corpus, model_config: dict, fraction: float, seed: int):
     return part(stored, "stored part"), part(held_out, "held-out queries")
 
 
+def _labelled_only(queries):
+    """The queries that carry a label: a query without one has no right answer to judge by."""
+    from app.model.data import Corpus, labelled_rows
+
+    if queries.labels is None:
+        return queries
+    kept = labelled_rows(queries.labels)
+    if len(kept) == len(queries):
+        return queries
+    if not kept:
+        raise CommandError(f"{queries.path}: no query has a label in {queries.label_column!r}")
+    print(f"{len(queries) - len(kept)} queries without a label are left out (nothing to judge them by)")
+    return Corpus([queries.texts[i] for i in kept], [queries.labels[i] for i in kept], sha256=queries.sha256,
+                  path=queries.path, text_column=queries.text_column, label_column=queries.label_column)
+
+
 def _without_out_of_scope(corpus, queries, fraction: float, seed: int):
     """The corpus without the questions of a seeded `fraction` of the queries' labels -> (corpus, description)."""
     from app.evaluation.calibrate import CalibrationError, out_of_scope_labels
@@ -138,7 +154,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise CommandError(f"--holdout-fraction must be between 0 and 1, got {args.holdout_fraction}")
         corpus, queries = _held_out_parts(corpus, encoder.artifact.config, args.holdout_fraction, args.seed)
     else:
-        queries = read_corpus(args.queries, args.text_column, args.label_column)
+        queries = _labelled_only(read_corpus(args.queries, args.text_column, args.label_column))
     out_of_scope = None
     if args.out_of_scope_fraction > 0:
         corpus, out_of_scope = _without_out_of_scope(corpus, queries, args.out_of_scope_fraction, args.seed)

@@ -86,7 +86,7 @@ def ranking_metrics(
     relevant_counts = Counter(corpus_labels.tolist())
     p1, ap, hit, measured = 0.0, 0.0, 0.0, 0
     for ids, label in zip(ranked, query_labels, strict=True):
-        total = relevant_counts.get(label, 0)
+        total = 0 if label is None else relevant_counts.get(label, 0)  # an unlabelled query is not judged
         if total == 0:
             continue
         measured += 1

@@ -56,7 +56,7 @@ def plot_threshold_curves(
 
 
 def _scatter_by_label(ax, points: np.ndarray, labels: Sequence[str], title: str) -> None:
-    names, codes = np.unique(np.asarray(labels), return_inverse=True)
+    names, codes = np.unique(np.asarray(["(no label)" if x is None else str(x) for x in labels]), return_inverse=True)
     colours = _pyplot().get_cmap("turbo")(codes / max(len(names) - 1, 1))
     ax.scatter(points[:, 0], points[:, 1], c=colours, s=4, alpha=0.7, linewidths=0)
     if len(names) <= 20:

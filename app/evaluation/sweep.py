@@ -568,9 +568,12 @@ def rule_sweeps(
 
 
 def label_judge(query_labels: Sequence[str], stored_labels: Sequence[str]):
-    """-> (judge for rule_sweeps, in_scope): relevant = right = the same label."""
-    _, codes = np.unique(np.concatenate([np.asarray(query_labels), np.asarray(stored_labels)]), return_inverse=True)
-    query, stored = codes[: len(query_labels)], codes[len(query_labels) :]
+    """-> (judge for rule_sweeps, in_scope): relevant = right = the same label. A question without a
+    label (None) is relevant to none: an unlabelled query is out of scope, an unlabelled stored
+    question a wrong answer."""
+    names = {name: i for i, name in enumerate(sorted({x for x in (*query_labels, *stored_labels) if x is not None}))}
+    query = np.array([-1 if x is None else names[x] for x in query_labels], dtype=np.int64)
+    stored = np.array([-2 if x is None else names[x] for x in stored_labels], dtype=np.int64)
 
     def judge(rows: slice):
         same = query[rows, None] == stored[None, :]

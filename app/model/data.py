@@ -18,7 +18,7 @@ class CorpusError(ValueError):
 @dataclass
 class Corpus:
     texts: list[str]
-    labels: list[str] | None = None
+    labels: list[str | None] | None = None  # None for a row without one (an empty cell, JSON null)
     extra: dict[str, list[Any]] = field(default_factory=dict)  # as the file holds them (CSV: text)
     sha256: str = ""
     path: str = ""
@@ -50,6 +50,20 @@ def _rows(path: Path) -> Iterator[tuple[int, dict]]:
                 raise CorpusError(f"{path}: no header row")
             for number, record in enumerate(reader, start=2):
                 yield number, record
+
+
+def _label(value: Any) -> str | None:
+    """A label cell as a category name; an empty cell, a missing CSV field or JSON null is no label
+    (not a category of unlabelled questions)."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def labelled_rows(labels: list[str | None]) -> list[int]:
+    """The rows that carry a label."""
+    return [i for i, label in enumerate(labels) if label is not None]
 
 
 def _not_a_file(path: Path) -> str:
@@ -91,7 +105,7 @@ def read_corpus(
                 raise CorpusError(f"{path}: row {number} has an empty {text_column!r}")
             texts.append(text)
             if labels is not None:
-                labels.append(str(record[label_column]))
+                labels.append(_label(record[label_column]))
             for column in extra_columns:
                 value = record.get(column)
                 extra[column].append(None if value is None or value == "" else value)

@@ -381,7 +381,9 @@ class Trainer:
         if self.corpus.labels is not None and self.cfg.label_weight > 0:
             padded = list(self.corpus.labels) + [None] * (len(texts) - len(self.corpus))
             labels, names = label_indices(padded)
-            self.log(f"supervision: {len(names)} categories from column {self.corpus.label_column!r}")
+            unlabelled = sum(label is None for label in self.corpus.labels)
+            self.log(f"supervision: {len(names)} categories from column {self.corpus.label_column!r}"
+                     + (f" ({unlabelled} rows without a label learn from the rest)" if unlabelled else ""))
         teacher = None
         if self.cfg.teacher != "none" and (self.cfg.teacher_weight > 0 or self.cfg.teacher_regression_weight > 0):
             self.log(f"supervision: distilling {self.cfg.teacher} (its embeddings computed once and cached)")

@@ -188,6 +188,45 @@ def test_after_training_says_so_when_few_questions_have_a_teacher_duplicate(mode
     assert written(model_copy)["calibration"]["scope_note"] == record["scope_note"]
 
 
+def test_rows_without_a_label_are_unlabelled_not_a_category_of_their_own(tmp_path):
+    path = tmp_path / "desk.csv"
+    path.write_text("text,category\nwhere is my card,card\nrefund please,\nstill no refund, \nlost my card,card\n")
+    assert read_corpus(path, "text", "category").labels == ["card", None, None, "card"]
+    jsonl = tmp_path / "desk.jsonl"
+    jsonl.write_text('{"q": "where is my card", "c": "card"}\n{"q": "refund please", "c": null}\n')
+    assert read_corpus(jsonl, "q", "c").labels == ["card", None]
+
+
+def test_a_held_out_split_keeps_unlabelled_rows_on_the_stored_side(labelled):
+    from app.evaluation.calibrate import holdout_split
+
+    labels = [None if i % 2 else label for i, label in enumerate(labelled.labels)]
+    partly = Corpus(list(labelled.texts), labels, sha256="other", path="p.csv", text_column="text", label_column="c")
+    stored, queries, split = holdout_split(partly, {}, 0.3, seed=0, max_queries=None)
+    assert all(labels[i] is not None for i in queries) and len(queries) > 0
+    assert sorted([*stored, *queries]) == list(range(len(labels)))
+    assert split["unlabelled_moved_to_stored"] > 0
+
+
+def test_after_training_judges_only_labelled_rows_and_needs_two_labels(model_copy, labelled, validation_rows):
+    # A third of the labels missing: they must not form a category ("" or "None") whose questions
+    # all count as right answers to each other.
+    labels = [None if i % 3 == 0 else label for i, label in enumerate(labelled.labels)]
+    partly = Corpus(list(labelled.texts), labels, sha256=labelled.sha256, path="p.csv", text_column="text",
+                    label_column="category")
+    record = calibrate_after_training(model_copy, partly, validation_rows, log=lambda _: None)
+    judged = [i for i in validation_rows if labels[i] is not None]
+    assert record["source"] == "labels"
+    assert record["split"]["unlabelled_moved_to_stored"] == len(validation_rows) - len(judged)
+    assert record["split"]["queries"] == len(judged)
+    # One label only: "same label = right" would call every answer right; another truth is used.
+    one = Corpus(list(labelled.texts), ["card"] * len(labelled), sha256=labelled.sha256, path="o.csv",
+                 text_column="text", label_column="category")
+    lines = []
+    record = calibrate_after_training(model_copy, one, validation_rows, log=lines.append)
+    assert record["source"] != "labels" and any("1 distinct label" in line for line in lines)
+
+
 def test_after_training_with_nothing_falls_back_to_self_augmented_copies(model_copy, labelled, validation_rows):
     unlabelled = Corpus(list(labelled.texts), sha256=labelled.sha256, path="u.csv", text_column="text")
     record = calibrate_after_training(model_copy, unlabelled, validation_rows, log=lambda _: None)
