@@ -656,6 +656,8 @@ TEACHER_NEIGHBOURS = 10
 # two a desk means cannot be read from unlabelled text, so the calibration keeps to the side of
 # answers that are right and says so when few of the desk's questions have a duplicate.
 TEACHER_FEW_DUPLICATES = 0.5
+# A rule that answers only exact repeats: identical codes are within this of each other.
+IDENTICAL_ONLY_THRESHOLD = 1e-9
 # No labels, pairs or teacher: each validation question's self-augmented copy (one word deleted,
 # two neighbouring words swapped, or the question mark toggled) should find the question itself.
 # t = this quantile of the copies' n-th pair distance to their originals.
@@ -699,11 +701,9 @@ def sweep_teacher(encoder: QuestionEncoder, stored_texts: Sequence[str], query_t
     return Sweeps(by_n, mean[1], k * k, tops, mean_top[1])
 
 
-def _note_few_duplicates(record: dict, log: Callable[[str], None]) -> None:
-    """Records the share of validation questions with a teacher duplicate; below TEACHER_FEW_DUPLICATES,
+def _note_few_duplicates(record: dict, share: float, log: Callable[[str], None]) -> None:
+    """Records `share`, the validation questions with a teacher duplicate; below TEACHER_FEW_DUPLICATES,
     notes (and logs) that the rule will answer few questions and what calibrates it for intents."""
-    top = record["chosen"]["top"]
-    share = top["queries"] / max(1, top["queries"] + top["out_of_scope"])
     record["validation_with_duplicate"] = share
     if share < TEACHER_FEW_DUPLICATES:
         record["scope_note"] = (
@@ -822,7 +822,7 @@ def calibrate_after_training(
     options = sorted({m for m in min_pairs_options if m <= encoder.samples_per_question**2}) or [1]
     texts = corpus.texts
     described = {"path": corpus.path, "sha256": corpus.sha256, "rows": n}
-    sweeps, source, rule = None, None, None
+    sweeps, source, rule, teacher_share = None, None, None, None
     judged = [i for i in queries if corpus.labels is not None and corpus.labels[i] is not None]
     distinct = {corpus.labels[i] for i in judged}
     if corpus.labels is not None and len(distinct) < 2:
@@ -863,6 +863,7 @@ def calibrate_after_training(
         sweeps = sweep_teacher(encoder, [texts[i] for i in stored_rows], [texts[i] for i in queries],
                                teacher[stored_rows], teacher[queries], options)
         described |= {"kind": "teacher pseudo-pairs", "teacher_dim": int(teacher.shape[1])}
+        teacher_share = float(np.mean(next(iter(sweeps.tops.values())).in_scope)) if sweeps.tops else None
         rule = (f"teacher cosine >= {TEACHER_DUPLICATE_COSINE} = duplicate; a top answer is right when it is a duplicate "
                 f"among the question's {TEACHER_NEIGHBOURS} nearest stored questions by the teacher; a question without "
                 "a duplicate is out of scope")
@@ -882,14 +883,24 @@ def calibrate_after_training(
                 record = calibrate(sweeps, target_precision=None, model_id=encoder.model_id, data=described,
                                    split=split, objective="top").record
                 record |= {"target_precision": target_precision, "target_reached": False, "note": str(unreachable)}
-                log(f"calibration: {unreachable}; chose the most net right answers instead")
+                if record["chosen"]["top"]["net"] <= 0:
+                    # Even the best threshold answers wrongly at least as often as rightly: any rule
+                    # that answers is worse than one that answers only exact repeats.
+                    k = encoder.samples_per_question  # identical texts: their K diagonal pairs coincide
+                    n = max((m for m in sweeps.tops if m <= k), default=min(sweeps.tops))
+                    point = sweeps.tops[n].at(IDENTICAL_ONLY_THRESHOLD)
+                    record["chosen"] = {"threshold": IDENTICAL_ONLY_THRESHOLD, "min_pairs": n,
+                                        "variant": n_of(n, encoder.samples_per_question**2), "top": point.as_dict()}
+                    record["note"] = (f"{unreachable}; no threshold gives more right than wrong answers on the validation "
+                                      "rows, so the rule answers only questions that repeat a stored question's text")
+                    log(f"calibration: {record['note']}")
+                else:
+                    log(f"calibration: {unreachable}; chose the most net right answers instead")
             except CalibrationError as none_in_scope:
                 log(f"calibration with {source}: {none_in_scope}; using the self-augmentation rule")
                 split["note"] = f"{source}: {none_in_scope}"
         if record is not None:
             record["source"], record["rule"] = source, rule
-            if source == "teacher":
-                _note_few_duplicates(record, log)
     if record is None:
         source = "self-augmentation"
         query_texts = [texts[i] for i in queries]
@@ -912,6 +923,8 @@ def calibrate_after_training(
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "qsim_version": __version__,
         }
+    if teacher_share is not None:
+        _note_few_duplicates(record, teacher_share, log)
     chosen = record["chosen"]
     update_search_defaults(model_dir, SearchDefaults(threshold=chosen["threshold"], min_pairs=chosen["min_pairs"],
                                                      calibration=record))

@@ -130,8 +130,9 @@ def test_after_training_with_a_pairs_file_and_no_labels(model_copy, tiny_corpus_
         right += [b["text"], other["text"]]
         duplicate += [True, a["category"] == other["category"]]
     pairs = PairsCorpus(left, right, duplicate, path="p.csv")
-    record = calibrate_after_training(model_copy, unlabelled, validation_rows, pairs=pairs, target_precision=0.5,
-                                      log=lambda _: None)
+    lines = []
+    record = calibrate_after_training(model_copy, unlabelled, validation_rows, pairs=pairs, target_precision=0.2,
+                                      log=lines.append)
     assert record["source"] == "pairs" and record["data"]["kind"] == "pairs"
     assert record["split"]["top_answers"]["queries"] == len(set(left))
     assert written(model_copy)["threshold"] == record["chosen"]["threshold"]
@@ -236,6 +237,25 @@ def test_after_training_with_nothing_falls_back_to_self_augmented_copies(model_c
     # At t, FALLBACK_QUANTILE of the copies match their original, so at least as many are answered.
     assert top["answered_share"] >= FALLBACK_QUANTILE and top["queries"] == 36
     assert written(model_copy)["threshold"] == record["chosen"]["threshold"] > 0
+
+
+def test_when_no_threshold_answers_more_rightly_than_wrongly_the_rule_answers_only_exact_repeats(
+    model_copy, labelled, validation_rows
+):
+    # Labels that say nothing of the texts (shuffled): every threshold answers wrongly at least as
+    # often as rightly, and "the most net right answers" stored a rule that answered only wrongly.
+    shuffled = list(np.random.default_rng(3).permutation(labelled.labels))
+    noise = Corpus(list(labelled.texts), shuffled, sha256=labelled.sha256, path="n.csv", text_column="text",
+                   label_column="category")
+    lines = []
+    record = calibrate_after_training(model_copy, noise, validation_rows, log=lines.append)
+    assert record["source"] == "labels" and record["target_reached"] is False
+    assert record["chosen"]["threshold"] == 1e-9 and record["chosen"]["top"]["net"] >= 0
+    encoder = QuestionEncoder.load(model_copy)
+    assert record["chosen"]["min_pairs"] <= encoder.samples_per_question  # an exact repeat still matches
+    assert "only questions that repeat a stored question's text" in record["note"]
+    assert any("only questions that repeat" in line for line in lines)
+    assert written(model_copy)["threshold"] == 1e-9
 
 
 def test_bad_validation_rows_are_an_error(model_copy, labelled):
