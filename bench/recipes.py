@@ -113,7 +113,7 @@ RECIPES: dict[str, tuple[str, dict, bool]] = {
 
 def split_banking(seed: int = 13, fraction: float = 0.1):
     corpus = read_corpus(BANKING, "text", "category")
-    train, validation = split_train_validation(len(corpus), fraction, seed)
+    train, validation = split_train_validation(len(corpus), fraction, seed, corpus.texts)
     stored = [corpus.texts[i] for i in train], [corpus.labels[i] for i in train]
     queries = [corpus.texts[i] for i in validation], [corpus.labels[i] for i in validation]
     return stored, queries

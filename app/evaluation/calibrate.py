@@ -122,7 +122,7 @@ def holdout_split(
     trained_on = model_config.get("data", {}).get("sha256") == corpus.sha256
     if trained_on:
         val_fraction = model_config["settings"]["training"]["val_fraction"]
-        stored, queries = split_train_validation(n, val_fraction, model_config["seed"])
+        stored, queries = split_train_validation(n, val_fraction, model_config["seed"], corpus.texts)
         split = {"method": "the trainer's validation rows (the model's own training corpus)",
                  "fraction": val_fraction, "seed": model_config["seed"]}
     else:

@@ -11,7 +11,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from app.model.config import ModelSettings, TrainingConfig
 from app.model.data import Corpus, PairsCorpus
 from app.model.objectives import LatentObjectives, label_indices, pair_contrast
 from app.model.teacher import minilm_available, teacher_embeddings
+from app.model.text import EmptyTextError, normalize
 from app.model.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 from app.model.vae import Batch, SequenceVAE, corrupt
 
@@ -93,10 +94,33 @@ def count_active_units(means: np.ndarray, threshold: float) -> int:
     return int((means.var(axis=0) > threshold).sum())
 
 
-def split_train_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_train_validation(
+    n: int, fraction: float, seed: int, texts: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows): a seeded `fraction` of the rows held out. With `texts`,
+    every copy of a question (the same normalised text) lands on the side of its first copy in the
+    seeded order, so a desk log's repeats cannot put a validation question's own text among the
+    stored ones (a calibration would then see exact matches and believe itself); without repeats
+    the split is the same either way."""
     order = np.random.default_rng([seed, 0x5EED]).permutation(n)
     n_val = min(n - 1, max(1, int(round(n * fraction))))
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
+    if texts is None:
+        return np.sort(order[n_val:]), np.sort(order[:n_val])
+    held: dict[str, bool] = {}
+    in_validation = np.zeros(n, dtype=bool)
+    for position, row in enumerate(order):
+        key = _copy_key(texts[row])
+        in_validation[row] = held.setdefault(key, position < n_val)
+    if in_validation.all() or not in_validation.any():  # one text throughout: no split keeps copies apart
+        return np.sort(order[n_val:]), np.sort(order[:n_val])
+    return np.flatnonzero(~in_validation), np.flatnonzero(in_validation)
+
+
+def _copy_key(text: str) -> str:
+    try:
+        return normalize(text)
+    except EmptyTextError:
+        return text
 
 
 def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -233,7 +257,7 @@ class Trainer:
 
     def run(self, resume: bool = False) -> TrainResult:
         torch.manual_seed(self.seed)
-        train_idx, val_idx = split_train_validation(len(self.corpus), self.cfg.val_fraction, self.seed)
+        train_idx, val_idx = split_train_validation(len(self.corpus), self.cfg.val_fraction, self.seed, self.corpus.texts)
         self.validation_rows = val_idx
         texts, transfer_rows, pair_rows, pair_duplicate = self._texts()
         state = self.writer.load_train_state() if resume else None

@@ -19,6 +19,7 @@ from app.evaluation.calibrate import (
 )
 from app.model.data import Corpus, PairsCorpus, read_corpus
 from app.model.encoder import QuestionEncoder
+from app.model.text import normalize
 from app.model.train import split_train_validation
 from tests.conftest import BANKING77_TRAIN, TINY_PER_INTENT
 
@@ -37,7 +38,7 @@ def labelled(tiny_corpus_file):
 def validation_rows(tiny_model_dir, labelled):
     """The trainer's validation rows, as `qsim train` computes them."""
     config = json.loads((tiny_model_dir / "config.json").read_text())
-    return split_train_validation(len(labelled), config["settings"]["training"]["val_fraction"], config["seed"])[1]
+    return split_train_validation(len(labelled), config["settings"]["training"]["val_fraction"], config["seed"], labelled.texts)[1]
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +188,19 @@ def test_after_training_says_so_when_few_questions_have_a_teacher_duplicate(mode
     assert "--label-column" in record["scope_note"] and "--feedback" in record["scope_note"]
     assert any(line.startswith("calibration: only") for line in lines)
     assert written(model_copy)["calibration"]["scope_note"] == record["scope_note"]
+
+
+def test_copies_of_a_question_never_straddle_the_validation_split():
+    # A desk log repeats questions: a validation question whose copy is stored matches it exactly,
+    # and the calibration then believes its rule answers rightly.
+    texts = [f"question {i % 40}" for i in range(200)] + [f"Question  {i}!" for i in range(40)]
+    train, validation = split_train_validation(len(texts), 0.2, 7, texts)
+    copies = lambda rows: {normalize(texts[i]) for i in rows}  # noqa: E731
+    assert copies(train).isdisjoint(copies(validation)) and len(validation) > 0
+    assert sorted([*train, *validation]) == list(range(len(texts)))
+    distinct = [f"question {i}" for i in range(50)]  # no repeats: the split is the row split
+    assert all((a == b).all() for a, b in zip(split_train_validation(50, 0.2, 7, distinct),
+                                              split_train_validation(50, 0.2, 7), strict=True))
 
 
 def test_rows_without_a_label_are_unlabelled_not_a_category_of_their_own(tmp_path):

@@ -128,7 +128,7 @@ def test_transfer_questions_are_trained_on_but_never_validated_or_labelled(tiny_
     artifact = load_artifact(out)
     assert any("zebra" in artifact.tokenizer.piece(i) or "zoo" in artifact.tokenizer.piece(i)
                for i in range(artifact.tokenizer.vocab_size))
-    _, validation = split_train_validation(len(corpus), artifact.settings.training.val_fraction, 3)
+    _, validation = split_train_validation(len(corpus), artifact.settings.training.val_fraction, 3, corpus.texts)
     assert result.best.val_label_accuracy is not None  # validation rows are the corpus's labelled ones
 
 
