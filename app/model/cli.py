@@ -69,6 +69,26 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
 
 
+def _check_init_keeps_its_architecture(args) -> None:
+    """--init fine-tunes the model it names, tokenizer and architecture included: asking for
+    another one beside it is a contradiction, not something to drop silently."""
+    asked = [f"--{name}" for name in ("encoder", "latent") if getattr(args, name)]
+    if args.config:
+        import json
+
+        try:
+            written = json.loads(Path(args.config).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            written = {}  # load_settings_file reports what is wrong with the file
+        if isinstance(written, dict):
+            asked += [f"{args.config}'s {key!r}" for key in ("tokenizer", "architecture") if key in written]
+    if asked:
+        raise CommandError(
+            f"--init {args.init} keeps that model's tokenizer and architecture; {', '.join(asked)} cannot change them "
+            "(train without --init for another architecture)"
+        )
+
+
 def _transfer_files(args: argparse.Namespace, teacher: str) -> list[Path]:
     """The transfer set: --transfer's files, or by default the bundled general corpus, which only
     the teacher's distillation makes worth its training time."""
@@ -96,6 +116,8 @@ def _train(args: argparse.Namespace) -> int:
     from app.model.data import read_corpus, read_lines, read_pairs
     from app.model.train import Trainer
 
+    if args.init:
+        _check_init_keeps_its_architecture(args)
     settings = load_settings_file(args.config)
     if args.epochs is not None:
         settings.training.epochs = args.epochs

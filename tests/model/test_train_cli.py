@@ -87,3 +87,16 @@ def test_qsim_train_distils_on_the_bundled_transfer_set_unless_told_otherwise(mo
     assert files(teacher="none") == []  # without the teacher the transfer set only costs time
     monkeypatch.setattr("app.model.teacher.minilm_available", lambda: False)
     assert files() == []
+
+
+def test_init_refuses_an_architecture_it_would_silently_ignore(tiny_corpus_file, tiny_model_dir, tmp_path, capsys):
+    base = ["train", "--corpus", str(tiny_corpus_file), "--text-column", "text", "--out", str(tmp_path / "m"),
+            "--init", str(tiny_model_dir), "--no-progress"]
+    assert main([*base, "--encoder", "gru", "--latent", "gaussian"]) == 2
+    error = capsys.readouterr().err
+    assert "--encoder, --latent cannot change them" in error and error.count("\n") == 1
+    config = tmp_path / "arch.json"
+    config.write_text(json.dumps({"architecture": {"encoder_hidden": 64}, "training": {"epochs": 1}}))
+    assert main([*base, "--config", str(config)]) == 2
+    assert "'architecture'" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
