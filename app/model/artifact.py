@@ -234,7 +234,8 @@ class ArtifactWriter:
         import io
 
         buffer = io.BytesIO()
-        torch.save(state | {"data_sha256": self.corpus.sha256, "seed": self.seed, "sources": self._sources_key()}, buffer)
+        torch.save(state | {"data_sha256": self.corpus.sha256, "seed": self.seed, "sources": self._sources_key(),
+                            "columns": self._columns(), "tokenizer_sha256": self._tokenizer_sha256()}, buffer)
         _atomic_write(self.out_dir / TRAIN_STATE_FILE, buffer.getvalue())
 
     def load_train_state(self) -> dict | None:
@@ -251,7 +252,23 @@ class ArtifactWriter:
                 f"cannot resume: {path} was trained with other transfer questions, pairs or start model "
                 "(--transfer, --no-transfer, --pairs, --init, or the defaults that choose them, differ)"
             )
+        columns = state.get("columns", self._columns())  # states from before this check pass
+        if columns != self._columns():
+            raise ArtifactError(
+                f"cannot resume: {path} was trained on column(s) {columns} of the corpus, not {self._columns()} "
+                "(--text-column and --label-column must be the same)"
+            )
+        if state.get("tokenizer_sha256", self._tokenizer_sha256()) != self._tokenizer_sha256():
+            raise ArtifactError(f"cannot resume: {path} belongs to another run than {self.out_dir / TOKENIZER_FILE} "
+                                "(a later run into this directory replaced the tokenizer)")
         return state
+
+    def _columns(self) -> dict:
+        return {"text": self.corpus.text_column, "label": self.corpus.label_column}
+
+    def _tokenizer_sha256(self) -> str | None:
+        path = self.out_dir / TOKENIZER_FILE
+        return _sha256(path.read_bytes()) if path.is_file() else None
 
     def _sources_key(self) -> str:
         return _sha256(json.dumps(self.sources, sort_keys=True).encode())

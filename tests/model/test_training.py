@@ -71,6 +71,29 @@ def test_resume_refuses_other_transfer_questions(tiny_corpus_file, tiny_settings
     train(tiny_corpus_file, tmp_path / "m", settings_with(tiny_settings, epochs=2), resume=True, transfer=transfer[:10])
 
 
+def test_resume_refuses_another_text_or_label_column_of_the_same_file(tiny_corpus_file, tiny_settings, tmp_path):
+    from app.model.artifact import ArtifactError
+
+    train(tiny_corpus_file, tmp_path / "m", settings_with(tiny_settings, epochs=1))
+    corpus = read_corpus(tiny_corpus_file, "text", None)  # the same file, its labels left out
+    with pytest.raises(ArtifactError, match="--label-column must be the same"):
+        Trainer(corpus, tmp_path / "m", settings_with(tiny_settings, epochs=2), seed=3, progress=False,
+                log=quiet).run(resume=True)
+
+
+def test_resume_refuses_a_state_a_later_run_left_beside_another_tokenizer(tiny_corpus_file, tiny_settings, tmp_path):
+    from app.model.artifact import ArtifactError
+
+    train(tiny_corpus_file, tmp_path / "m", settings_with(tiny_settings, epochs=1))
+    state = (tmp_path / "m" / "train_state.pt").read_bytes()
+    train(tiny_corpus_file, tmp_path / "m", settings_with(tiny_settings, epochs=1), seed=4)  # a new run: another tokenizer?
+    (tmp_path / "m" / "train_state.pt").write_bytes(state)
+    tokenizer = tmp_path / "m" / "tokenizer.model"
+    tokenizer.write_bytes(tokenizer.read_bytes() + b"\0")  # stands for a tokenizer learned by the later run
+    with pytest.raises(ArtifactError, match="replaced the tokenizer"):
+        train(tiny_corpus_file, tmp_path / "m", settings_with(tiny_settings, epochs=2), resume=True)
+
+
 def test_metrics_log_each_epoch_with_kl_and_active_units(tiny_model_dir, tiny_settings):
     metrics = json.loads((tiny_model_dir / "metrics.json").read_text())
     assert len(metrics["epochs"]) == tiny_settings.training.epochs
