@@ -104,7 +104,7 @@ calibrate-default: install  ## choose the shipped model's threshold on its BANKI
 
 train-default: $(BIN)/.teacher  ## retrain the shipped default model (its differences from the CLI in models/default.train.json)
 	$(BIN)/qsim train --corpus data/banking77/train.csv --text-column text --label-column category \
-	    --transfer data/questions/transfer.txt --config models/default.train.json --out models/default --seed 13
+	    --transfer data/questions/transfer.txt --config models/default.train.json --out models/default --seed 13 --overwrite
 
 model-variants: $(BIN)/.teacher  ## the recipe table of models/README.md (BANKING77 validation rows and SNIPS)
 	$(BIN)/python -m bench.recipes --baselines --only regression-init-augment --epochs 6

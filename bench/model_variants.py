@@ -72,7 +72,7 @@ def main() -> None:
         (out / "train.json").write_text(json.dumps(config, indent=2))
         started = time.perf_counter()
         train = [qsim, "train", "--corpus", "data/banking77/train.csv", "--text-column", "text",
-                 "--config", str(out / "train.json"), "--out", str(out / "model"), "--seed", "13", "--no-progress"]
+                 "--config", str(out / "train.json"), "--out", str(out / "model"), "--seed", "13", "--no-progress", "--overwrite"]
         if args.labels:
             train += ["--label-column", "category"]
         run(train, out / "train.log")

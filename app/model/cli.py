@@ -66,7 +66,27 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=13, help="random seed; training is deterministic per seed on CPU")
     p.add_argument("--resume", action="store_true", help="continue from train_state.pt in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the model --out already holds (without it, a trained --out is refused)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+
+
+def _check_out(args) -> None:
+    """--out must be a directory to create, or one to resume or (with --overwrite) replace: a new run
+    into a trained model's directory silently replaced it, and one interrupted left a mix of both."""
+    from app.model.artifact import CARD_FILE, CONFIG_FILE, METRICS_FILE, TRAIN_STATE_FILE, WEIGHTS_FILE
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out} is a file, not a directory")
+    if args.resume or not (out / CONFIG_FILE).exists():
+        return
+    if not args.overwrite:
+        raise CommandError(f"--out {out} holds a trained model: pass --overwrite to replace it, or --resume to continue "
+                           "its training")
+    # The old model goes first: an interrupted run then leaves no model rather than a mix of two.
+    for name in (CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE, CARD_FILE, TRAIN_STATE_FILE):
+        (out / name).unlink(missing_ok=True)
 
 
 def _check_init_keeps_its_architecture(args) -> None:
@@ -116,6 +136,7 @@ def _train(args: argparse.Namespace) -> int:
     from app.model.data import read_corpus, read_lines, read_pairs
     from app.model.train import Trainer
 
+    _check_out(args)
     if args.init:
         _check_init_keeps_its_architecture(args)
     settings = load_settings_file(args.config)

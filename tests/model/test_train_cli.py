@@ -100,3 +100,25 @@ def test_init_refuses_an_architecture_it_would_silently_ignore(tiny_corpus_file,
     assert main([*base, "--config", str(config)]) == 2
     assert "'architecture'" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_a_trained_out_directory_is_replaced_only_when_asked(tiny_corpus_file, tmp_path, capsys):
+    config = tmp_path / "tiny.json"
+    tiny = tiny_architecture()
+    tiny["training"]["epochs"] = 1
+    config.write_text(json.dumps(tiny))
+    out = tmp_path / "desk-model"
+    run = ["train", "--corpus", str(tiny_corpus_file), "--text-column", "text", "--config", str(config),
+           "--out", str(out), "--no-progress", "--no-calibrate", "--teacher", "none"]
+    assert main(run) == 0
+    first = (out / "config.json").read_text()
+    capsys.readouterr()
+    assert main([*run, "--seed", "4"]) == 2
+    assert "holds a trained model: pass --overwrite" in capsys.readouterr().err
+    assert (out / "config.json").read_text() == first  # untouched
+    assert main([*run, "--seed", "4", "--overwrite"]) == 0
+    assert json.loads((out / "config.json").read_text())["seed"] == 4
+    assert json.loads((out / "metrics.json").read_text())["epochs"]  # the new run's
+    (tmp_path / "a-file").write_text("x")
+    assert main([*run[:-6], "--out", str(tmp_path / "a-file"), "--no-progress"]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
