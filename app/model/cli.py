@@ -149,6 +149,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.teacher:
         settings.training.teacher = args.teacher
     corpus = read_corpus(args.corpus, args.text_column, args.label_column)
+    if len(corpus) < 2:
+        raise CommandError(f"{args.corpus}: training needs at least 2 questions (one to learn from, one to validate on)")
     transfer = [text for path in _transfer_files(args, settings.training.teacher) for text in read_lines(path)]
     pairs = read_pairs(args.pairs, tuple(args.pair_columns) if args.pair_columns else None) if args.pairs else None
     init = load_artifact(args.init) if args.init else None

@@ -52,6 +52,16 @@ def _rows(path: Path) -> Iterator[tuple[int, dict]]:
                 yield number, record
 
 
+def _visible(text: str) -> bool:
+    from app.model.text import EmptyTextError, normalize
+
+    try:
+        normalize(text)
+    except EmptyTextError:
+        return False
+    return True
+
+
 def _label(value: Any) -> str | None:
     """A label cell as a category name; an empty cell, a missing CSV field or JSON null is no label
     (not a category of unlabelled questions)."""
@@ -101,8 +111,11 @@ def read_corpus(
                     f"{path}: row {number} has no column {missing[0]!r} (columns: {', '.join(map(str, record))})"
                 )
             text = record[text_column]
-            if not isinstance(text, str) or not text.strip():
-                raise CorpusError(f"{path}: row {number} has an empty {text_column!r}")
+            if text is not None and not isinstance(text, str):
+                raise CorpusError(f"{path}: row {number}: {text_column!r} must be text, got {json.dumps(text)[:40]}")
+            if not text or not _visible(text):
+                raise CorpusError(f"{path}: row {number} has an empty {text_column!r}"
+                                  + (" (only invisible characters)" if text and text.strip() else ""))
             texts.append(text)
             if labels is not None:
                 labels.append(_label(record[label_column]))

@@ -212,6 +212,19 @@ def test_rows_without_a_label_are_unlabelled_not_a_category_of_their_own(tmp_pat
     assert read_corpus(jsonl, "q", "c").labels == ["card", None]
 
 
+def test_a_text_cell_that_is_not_text_or_only_invisible_names_its_row(tmp_path):
+    from app.model.data import CorpusError
+
+    zero_width = tmp_path / "zw.csv"
+    zero_width.write_text("text\nwhere is my card\n\u200b\u200b\n", encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"row 3 has an empty 'text' \(only invisible characters\)"):
+        read_corpus(zero_width, "text")
+    number = tmp_path / "n.jsonl"
+    number.write_text('{"q": "where is my card"}\n{"q": 42}\n')
+    with pytest.raises(CorpusError, match="row 2: 'q' must be text, got 42"):
+        read_corpus(number, "q")
+
+
 def test_a_held_out_split_keeps_unlabelled_rows_on_the_stored_side(labelled):
     from app.evaluation.calibrate import holdout_split
 

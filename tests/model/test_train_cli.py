@@ -122,3 +122,12 @@ def test_a_trained_out_directory_is_replaced_only_when_asked(tiny_corpus_file, t
     (tmp_path / "a-file").write_text("x")
     assert main([*run[:-6], "--out", str(tmp_path / "a-file"), "--no-progress"]) == 2
     assert "is a file, not a directory" in capsys.readouterr().err
+
+
+def test_a_one_question_corpus_is_refused_in_one_line(tmp_path, capsys):
+    corpus = tmp_path / "one.csv"
+    corpus.write_text("text\nwhere is my card\n")
+    assert main(["train", "--corpus", str(corpus), "--text-column", "text", "--out", str(tmp_path / "m"),
+                 "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert "needs at least 2 questions" in error and error.count("\n") == 1
