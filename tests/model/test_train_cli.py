@@ -9,11 +9,17 @@ from app.model.config import ModelSettings
 from tests.conftest import tiny_architecture
 
 
-def test_a_freshly_trained_model_is_calibrated_on_its_validation_rows(tiny_corpus_file, tmp_path, capsys):
+def tiny_config(tmp_path, epochs: int):
+    """A --config file of the tiny test architecture, trained for `epochs`."""
     config = tmp_path / "tiny.json"
     tiny = tiny_architecture()
-    tiny["training"]["epochs"] = 2
+    tiny["training"]["epochs"] = epochs
     config.write_text(json.dumps(tiny))
+    return config
+
+
+def test_a_freshly_trained_model_is_calibrated_on_its_validation_rows(tiny_corpus_file, tmp_path, capsys):
+    config = tiny_config(tmp_path, epochs=2)
     out = tmp_path / "desk-model"
     code = main(["train", "--corpus", str(tiny_corpus_file), "--text-column", "text", "--label-column", "category",
                  "--config", str(config), "--out", str(out), "--no-progress", "--teacher", "none"])
@@ -26,10 +32,7 @@ def test_a_freshly_trained_model_is_calibrated_on_its_validation_rows(tiny_corpu
 
 
 def test_no_calibrate_leaves_the_uncalibrated_defaults(tiny_corpus_file, tmp_path):
-    config = tmp_path / "tiny.json"
-    tiny = tiny_architecture()
-    tiny["training"]["epochs"] = 1
-    config.write_text(json.dumps(tiny))
+    config = tiny_config(tmp_path, epochs=1)
     out = tmp_path / "raw"
     assert main(["train", "--corpus", str(tiny_corpus_file), "--text-column", "text", "--config", str(config),
                  "--out", str(out), "--no-progress", "--no-calibrate"]) == 0
@@ -103,10 +106,7 @@ def test_init_refuses_an_architecture_it_would_silently_ignore(tiny_corpus_file,
 
 
 def test_a_trained_out_directory_is_replaced_only_when_asked(tiny_corpus_file, tmp_path, capsys):
-    config = tmp_path / "tiny.json"
-    tiny = tiny_architecture()
-    tiny["training"]["epochs"] = 1
-    config.write_text(json.dumps(tiny))
+    config = tiny_config(tmp_path, epochs=1)
     out = tmp_path / "desk-model"
     run = ["train", "--corpus", str(tiny_corpus_file), "--text-column", "text", "--config", str(config),
            "--out", str(out), "--no-progress", "--no-calibrate", "--teacher", "none"]
