@@ -114,6 +114,7 @@ def holdout_split(
     corpus: Corpus, model_config: dict, fraction: float, seed: int, max_queries: int | None
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """-> stored row indices, held-out query row indices, and a description of the split."""
+    from app.model.artifact import SPLIT_KEEPS_COPIES_TOGETHER
     from app.model.train import split_train_validation
 
     n = len(corpus)
@@ -122,7 +123,8 @@ def holdout_split(
     trained_on = model_config.get("data", {}).get("sha256") == corpus.sha256
     if trained_on:
         val_fraction = model_config["settings"]["training"]["val_fraction"]
-        stored, queries = split_train_validation(n, val_fraction, model_config["seed"], corpus.texts)
+        together = model_config["data"].get("validation_split") == SPLIT_KEEPS_COPIES_TOGETHER
+        stored, queries = split_train_validation(n, val_fraction, model_config["seed"], corpus.texts if together else None)
         split = {"method": "the trainer's validation rows (the model's own training corpus)",
                  "fraction": val_fraction, "seed": model_config["seed"]}
     else:
@@ -923,7 +925,7 @@ def calibrate_after_training(
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "qsim_version": __version__,
         }
-    if teacher_share is not None:
+    if teacher_share is not None and record["source"] == "teacher":
         _note_few_duplicates(record, teacher_share, log)
     chosen = record["chosen"]
     update_search_defaults(model_dir, SearchDefaults(threshold=chosen["threshold"], min_pairs=chosen["min_pairs"],

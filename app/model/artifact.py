@@ -41,6 +41,9 @@ TOKENIZER_FILE = "tokenizer.model"
 METRICS_FILE = "metrics.json"
 CARD_FILE = "MODEL_CARD.md"
 TRAIN_STATE_FILE = "train_state.pt"
+# How the trainer split its validation rows, in config.json's data: the copies of a question on one
+# side (split_train_validation with texts). Artifacts without it split rows alone.
+SPLIT_KEEPS_COPIES_TOGETHER = "copies together"
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)
 
 
@@ -212,6 +215,7 @@ class ArtifactWriter:
                 "rows": len(self.corpus),
                 "text_column": self.corpus.text_column,
                 "label_column": self.corpus.label_column,
+                "validation_split": SPLIT_KEEPS_COPIES_TOGETHER,
                 **self.sources,
             },
             "seed": self.seed,

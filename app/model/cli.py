@@ -71,20 +71,32 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
 
 
-def _check_out(args) -> None:
-    """--out must be a directory to create, or one to resume or (with --overwrite) replace: a new run
-    into a trained model's directory silently replaced it, and one interrupted left a mix of both."""
-    from app.model.artifact import CARD_FILE, CONFIG_FILE, METRICS_FILE, TRAIN_STATE_FILE, WEIGHTS_FILE
+def _check_out(args) -> bool:
+    """--out must be a directory to create, one to resume, or (with --overwrite) one to replace: a
+    new run into a trained model's directory silently replaced it, and one interrupted left a mix of
+    both. -> whether the model it holds is to be removed before training (_remove_model)."""
+    from app.model.artifact import CONFIG_FILE, TRAIN_STATE_FILE
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CommandError(f"--out {out} is a file, not a directory")
-    if args.resume or not (out / CONFIG_FILE).exists():
-        return
+    trained = (out / CONFIG_FILE).exists()
+    if not trained or (args.resume and (out / TRAIN_STATE_FILE).exists()):
+        return False
     if not args.overwrite:
-        raise CommandError(f"--out {out} holds a trained model: pass --overwrite to replace it, or --resume to continue "
-                           "its training")
-    # The old model goes first: an interrupted run then leaves no model rather than a mix of two.
+        raise CommandError(
+            f"--out {out} holds a trained model"
+            + (f" and no {TRAIN_STATE_FILE} to resume" if args.resume else "")
+            + ": pass --overwrite to replace it" + ("" if args.resume else ", or --resume to continue its training")
+        )
+    return True
+
+
+def _remove_model(out: Path) -> None:
+    """The old model goes before the new one is written: an interrupted run then leaves no model
+    rather than a mix of two runs' files."""
+    from app.model.artifact import CARD_FILE, CONFIG_FILE, METRICS_FILE, TRAIN_STATE_FILE, WEIGHTS_FILE
+
     for name in (CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE, CARD_FILE, TRAIN_STATE_FILE):
         (out / name).unlink(missing_ok=True)
 
@@ -136,7 +148,7 @@ def _train(args: argparse.Namespace) -> int:
     from app.model.data import read_corpus, read_lines, read_pairs
     from app.model.train import Trainer
 
-    _check_out(args)
+    replace = _check_out(args)
     if args.init:
         _check_init_keeps_its_architecture(args)
     settings = load_settings_file(args.config)
@@ -156,6 +168,8 @@ def _train(args: argparse.Namespace) -> int:
     init = load_artifact(args.init) if args.init else None
     if not 0 < args.target_precision <= 1:
         raise CommandError(f"--target-precision must be in (0, 1], got {args.target_precision}")
+    if replace:  # only now, every check passed and an --init model in --out itself already loaded
+        _remove_model(args.out)
     trainer = Trainer(
         corpus,
         args.out,

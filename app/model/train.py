@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from app.model.artifact import TRAIN_STATE_FILE, Artifact, ArtifactWriter
+from app.model.artifact import SPLIT_KEEPS_COPIES_TOGETHER, TRAIN_STATE_FILE, Artifact, ArtifactWriter
 from app.model.config import ModelSettings, TrainingConfig
 from app.model.data import Corpus, PairsCorpus
 from app.model.objectives import LatentObjectives, label_indices, pair_contrast
@@ -98,21 +98,33 @@ def split_train_validation(
     n: int, fraction: float, seed: int, texts: Sequence[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(training rows, validation rows): a seeded `fraction` of the rows held out. With `texts`,
-    every copy of a question (the same normalised text) lands on the side of its first copy in the
-    seeded order, so a desk log's repeats cannot put a validation question's own text among the
-    stored ones (a calibration would then see exact matches and believe itself); without repeats
-    the split is the same either way."""
+    the copies of a question (the same normalised text) are held out or kept together, so a desk
+    log's repeats cannot put a validation question's own text among the stored ones (a calibration
+    would then see exact matches and believe itself): questions are taken in the seeded order, each
+    at the place of one of its copies drawn at random, and a question joins the validation rows
+    only while it fits in the fraction, so a question asked often stays with the training rows.
+    Without repeats the split is the same either way."""
     order = np.random.default_rng([seed, 0x5EED]).permutation(n)
     n_val = min(n - 1, max(1, int(round(n * fraction))))
     if texts is None:
         return np.sort(order[n_val:]), np.sort(order[:n_val])
-    held: dict[str, bool] = {}
-    in_validation = np.zeros(n, dtype=bool)
-    for position, row in enumerate(order):
-        key = _copy_key(texts[row])
-        in_validation[row] = held.setdefault(key, position < n_val)
-    if in_validation.all() or not in_validation.any():  # one text throughout: no split keeps copies apart
+    position = np.empty(n, dtype=np.int64)
+    position[order] = np.arange(n)
+    copies: dict[str, list[int]] = {}
+    for row in range(n):
+        copies.setdefault(_copy_key(texts[row]), []).append(row)
+    pick = np.random.default_rng([seed, 0xC0B1])
+    placed = sorted(copies.values(), key=lambda rows: int(position[rows[0] if len(rows) == 1 else rows[pick.integers(len(rows))]]))
+    held: list[int] = []
+    for rows in placed:
+        if len(held) + len(rows) <= n_val:
+            held.extend(rows)
+        if len(held) == n_val:
+            break
+    if not held:  # every question is asked more often than the fraction holds: rows, as without texts
         return np.sort(order[n_val:]), np.sort(order[:n_val])
+    in_validation = np.zeros(n, dtype=bool)
+    in_validation[held] = True
     return np.flatnonzero(~in_validation), np.flatnonzero(in_validation)
 
 
@@ -257,10 +269,14 @@ class Trainer:
 
     def run(self, resume: bool = False) -> TrainResult:
         torch.manual_seed(self.seed)
-        train_idx, val_idx = split_train_validation(len(self.corpus), self.cfg.val_fraction, self.seed, self.corpus.texts)
+        state = self.writer.load_train_state() if resume else None
+        # A state saved before copies were kept together resumes on the split it started with.
+        together = state is None or state.get("split") == SPLIT_KEEPS_COPIES_TOGETHER
+        train_idx, val_idx = split_train_validation(
+            len(self.corpus), self.cfg.val_fraction, self.seed, self.corpus.texts if together else None
+        )
         self.validation_rows = val_idx
         texts, transfer_rows, pair_rows, pair_duplicate = self._texts()
-        state = self.writer.load_train_state() if resume else None
         if resume and state is None:
             self.log(f"no {TRAIN_STATE_FILE} in {self.out_dir}; starting from scratch")
         if state is not None:
@@ -356,6 +372,7 @@ class Trainer:
             wall = time.perf_counter() - started
             self.writer.write_train_state(
                 {
+                    "split": SPLIT_KEEPS_COPIES_TOGETHER if together else "rows",
                     "epoch": epoch,
                     "model": model.state_dict(),
                     "objectives": objectives.state_dict(),

@@ -198,9 +198,28 @@ def test_copies_of_a_question_never_straddle_the_validation_split():
     copies = lambda rows: {normalize(texts[i]) for i in rows}  # noqa: E731
     assert copies(train).isdisjoint(copies(validation)) and len(validation) > 0
     assert sorted([*train, *validation]) == list(range(len(texts)))
+    assert len(validation) == 48  # the fraction, whole questions only
+    # A desk log where a few questions are asked very often: they stay with the training rows.
+    log = [f"question {min(i, 30)}" for i in range(1000)]  # "question 30" asked 970 times
+    train, validation = split_train_validation(len(log), 0.1, 7, log)
+    assert len(validation) == 30 and all(log[i] != "question 30" for i in validation)
     distinct = [f"question {i}" for i in range(50)]  # no repeats: the split is the row split
     assert all((a == b).all() for a, b in zip(split_train_validation(50, 0.2, 7, distinct),
                                               split_train_validation(50, 0.2, 7), strict=True))
+
+
+def test_a_model_trained_before_copies_were_kept_together_is_judged_on_its_own_validation_rows(labelled):
+    from app.evaluation.calibrate import holdout_split
+
+    texts = list(labelled.texts[:150]) * 2  # every question twice
+    corpus = Corpus(texts, list(labelled.labels[:150]) * 2, sha256="s", path="d.csv", text_column="text",
+                    label_column="category")
+    config = {"data": {"sha256": "s"}, "seed": 7, "settings": {"training": {"val_fraction": 0.1}}}
+    old = holdout_split(corpus, config, 0.1, seed=0, max_queries=None)
+    assert list(old[1]) == list(split_train_validation(300, 0.1, 7)[1])  # the row split it trained with
+    config["data"]["validation_split"] = "copies together"
+    new = holdout_split(corpus, config, 0.1, seed=0, max_queries=None)
+    assert list(new[1]) == list(split_train_validation(300, 0.1, 7, texts)[1])
 
 
 def test_rows_without_a_label_are_unlabelled_not_a_category_of_their_own(tmp_path):

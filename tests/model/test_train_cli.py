@@ -131,3 +131,25 @@ def test_a_one_question_corpus_is_refused_in_one_line(tmp_path, capsys):
                  "--no-progress"]) == 2
     error = capsys.readouterr().err
     assert "needs at least 2 questions" in error and error.count("\n") == 1
+
+
+def test_overwrite_removes_nothing_until_every_check_passed_and_resume_needs_a_state(
+    tiny_corpus_file, tiny_model_dir, tmp_path, capsys
+):
+    import shutil
+
+    out = shutil.copytree(tiny_model_dir, tmp_path / "desk-model")
+    (out / "train_state.pt").unlink(missing_ok=True)
+    before = sorted(p.name for p in out.iterdir())
+    run = ["train", "--text-column", "text", "--out", str(out), "--no-progress", "--no-calibrate", "--teacher", "none",
+           "--config", str(tiny_config(tmp_path, epochs=1))]
+    assert main([*run, "--corpus", str(tmp_path / "missing.csv"), "--overwrite"]) == 2
+    assert sorted(p.name for p in out.iterdir()) == before  # the mistyped corpus deleted nothing
+    assert main([*run, "--corpus", str(tiny_corpus_file), "--resume"]) == 2
+    assert "no train_state.pt to resume" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == before
+    # fine-tuning a model in its own directory: it is read before its files are replaced
+    init_run = ["train", "--text-column", "text", "--out", str(out), "--no-progress", "--no-calibrate",
+                "--teacher", "none", "--epochs", "1", "--corpus", str(tiny_corpus_file), "--init", str(out), "--overwrite"]
+    assert main(init_run) == 0
+    assert json.loads((out / "config.json").read_text())["data"]["init"]
