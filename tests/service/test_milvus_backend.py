@@ -139,3 +139,15 @@ def test_searches_during_a_milvus_outage_get_503_and_writes_catch_up_after_it(
         assert "qsim_lagging_writes_total 1.0" in client.get("/metrics").text
     finally:
         client.__exit__(None, None, None)
+
+
+def test_a_refused_stale_rebuild_leaves_no_collection_behind(client, stored, other_tiny_model_dir):
+    from app.similarity.applier import ModelChangedDuringRebuild
+
+    runtime = client.app.state.runtime
+    live = runtime.applier.state
+    stale = runtime.builder.build(live.encoder, live.generation)  # a new collection, with the old model
+    runtime.reindex(model_dir=other_tiny_model_dir)
+    with pytest.raises(ModelChangedDuringRebuild):
+        runtime.applier.switch(stale)
+    assert runtime.builder.milvus_client().list_collections() == [runtime.applier.state.index.name]
