@@ -75,7 +75,7 @@ def test_a_reimport_that_turns_metadata_1_into_true_updates_it(env, tmp_path, ca
     assert main(args) == 2
     assert "metadata column 'vip' holds" in capsys.readouterr().err
     for value in ("1e400", "NaN", "-Infinity"):  # JSON numbers Python reads as inf or nan
-        path.write_text('{"id": "d1", "q": "card never arrived", "vip": %s}\n' % value)
+        path.write_text('{"id": "d1", "q": "card never arrived", "vip": ' + value + "}\n")
         assert main(args) == 2
         assert "must not contain NaN or infinite numbers" in capsys.readouterr().err
     assert stored(env)[0]["d1"][2] == {"vip": True}
