@@ -132,12 +132,8 @@ def holdout_split(
         n_queries = min(n - 1, max(1, round(n * fraction)))
         stored, queries = np.sort(order[n_queries:]), np.sort(order[:n_queries])
         split = {"method": "seeded random split", "fraction": fraction, "seed": seed}
-    if corpus.labels is not None:  # a question without a label cannot be judged: it stays stored only
-        unlabelled = queries[[corpus.labels[i] is None for i in queries]]
-        if len(unlabelled):
-            queries = queries[[corpus.labels[i] is not None for i in queries]]
-            stored = np.sort(np.concatenate([stored, unlabelled]))
-            split["unlabelled_moved_to_stored"] = int(len(unlabelled))
+    if corpus.labels is not None:
+        stored, queries = unlabelled_to_stored(corpus.labels, stored, queries, split)
         if len(queries) == 0:
             raise CalibrationError(f"{corpus.path}: none of the held-out rows has a label")
     if max_queries is not None and len(queries) > max_queries:
@@ -145,6 +141,18 @@ def holdout_split(
         split["queries_sampled"] = max_queries
     split |= {"stored": int(len(stored)), "queries": int(len(queries))}
     return stored, queries, split
+
+
+def unlabelled_to_stored(
+    labels: Sequence[str | None], stored: np.ndarray, queries: np.ndarray, split: dict
+) -> tuple[np.ndarray, np.ndarray]:
+    """A held-out question without a label cannot be judged: it joins the stored side (the split
+    records how many) -> (stored rows, query rows)."""
+    judged = np.array([labels[i] is not None for i in queries], dtype=bool)
+    if judged.all():
+        return stored, queries
+    split["unlabelled_moved_to_stored"] = int((~judged).sum())
+    return np.sort(np.concatenate([stored, queries[~judged]])), queries[judged]
 
 
 def out_of_scope_labels(query_labels: Sequence[str], fraction: float, seed: int) -> list[str]:
@@ -825,18 +833,14 @@ def calibrate_after_training(
     texts = corpus.texts
     described = {"path": corpus.path, "sha256": corpus.sha256, "rows": n}
     sweeps, source, rule, teacher_share = None, None, None, None
-    judged = [i for i in queries if corpus.labels is not None and corpus.labels[i] is not None]
-    distinct = {corpus.labels[i] for i in judged}
+    distinct = set() if corpus.labels is None else {corpus.labels[i] for i in queries} - {None}
     if corpus.labels is not None and len(distinct) < 2:
         log(f"calibration: the validation rows carry {len(distinct)} distinct label(s); same label = right needs "
             "at least 2, so the labels are not used to calibrate")
         split["labels_not_used"] = f"{len(distinct)} distinct label(s) among the validation rows"
     if corpus.labels is not None and len(distinct) >= 2:
         source = "labels"
-        if len(judged) < len(queries):  # rows without a label stay on the stored side
-            split["unlabelled_moved_to_stored"] = len(queries) - len(judged)
-            stored_rows = np.sort(np.concatenate([stored_rows, np.setdiff1d(queries, judged)]))
-            queries = np.asarray(judged, dtype=np.int64)
+        stored_rows, queries = unlabelled_to_stored(corpus.labels, stored_rows, queries, split)
         fraction = out_of_scope_fraction
         try:
             out_of_scope_labels([corpus.labels[i] for i in queries], fraction, seed)
@@ -892,7 +896,7 @@ def calibrate_after_training(
                     n = max((m for m in sweeps.tops if m <= k), default=min(sweeps.tops))
                     point = sweeps.tops[n].at(IDENTICAL_ONLY_THRESHOLD)
                     record["chosen"] = {"threshold": IDENTICAL_ONLY_THRESHOLD, "min_pairs": n,
-                                        "variant": n_of(n, encoder.samples_per_question**2), "top": point.as_dict()}
+                                        "variant": n_of(n, k * k), "top": point.as_dict()}
                     record["note"] = (f"{unreachable}; no threshold gives more right than wrong answers on the validation "
                                       "rows, so the rule answers only questions that repeat a stored question's text")
                     log(f"calibration: {record['note']}")
