@@ -85,24 +85,17 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
 def _held_out_parts(corpus, model_config: dict, fraction: float, seed: int):
     """The corpus split as calibration splits it -> (stored part, held-out queries)."""
     from app.evaluation.calibrate import holdout_split
-    from app.model.data import Corpus
 
     stored, held_out, split = holdout_split(corpus, model_config, fraction, seed, max_queries=None)
     print(f"held-out evaluation: {split['queries']} queries against {split['stored']} stored questions ({split['method']})")
-
-    def part(rows, name: str) -> Corpus:
-        return Corpus(
-            [corpus.texts[i] for i in rows], [corpus.labels[i] for i in rows], sha256=corpus.sha256,
-            path=f"{corpus.path} ({name}: {split['method']}, seed {split['seed']})",
-            text_column=corpus.text_column, label_column=corpus.label_column,
-        )
-
-    return part(stored, "stored part"), part(held_out, "held-out queries")
+    named = f"{split['method']}, seed {split['seed']}"
+    return (corpus.subset(stored, f"{corpus.path} (stored part: {named})"),
+            corpus.subset(held_out, f"{corpus.path} (held-out queries: {named})"))
 
 
 def _labelled_only(queries):
     """The queries that carry a label: a query without one has no right answer to judge by."""
-    from app.model.data import Corpus, labelled_rows
+    from app.model.data import labelled_rows
 
     if queries.labels is None:
         return queries
@@ -112,14 +105,12 @@ def _labelled_only(queries):
     if not kept:
         raise CommandError(f"{queries.path}: no query has a label in {queries.label_column!r}")
     print(f"{len(queries) - len(kept)} queries without a label are left out (nothing to judge them by)")
-    return Corpus([queries.texts[i] for i in kept], [queries.labels[i] for i in kept], sha256=queries.sha256,
-                  path=queries.path, text_column=queries.text_column, label_column=queries.label_column)
+    return queries.subset(kept, queries.path)
 
 
 def _without_out_of_scope(corpus, queries, fraction: float, seed: int):
     """The corpus without the questions of a seeded `fraction` of the queries' labels -> (corpus, description)."""
     from app.evaluation.calibrate import CalibrationError, out_of_scope_labels
-    from app.model.data import Corpus
 
     try:
         held = set(out_of_scope_labels(queries.labels, fraction, seed))
@@ -133,12 +124,7 @@ def _without_out_of_scope(corpus, queries, fraction: float, seed: int):
                  "rule": "whole labels removed from the stored corpus; their queries should get no match"}
     print(f"out of scope: {len(held)} labels removed from the corpus ({described['stored_removed']} questions), "
           f"{described['queries']} of the queries have no right answer")
-    part = Corpus(
-        [corpus.texts[i] for i in keep], [corpus.labels[i] for i in keep], sha256=corpus.sha256,
-        path=f"{corpus.path} (without {len(held)} out-of-scope labels)",
-        text_column=corpus.text_column, label_column=corpus.label_column,
-    )
-    return part, described
+    return corpus.subset(keep, f"{corpus.path} (without {len(held)} out-of-scope labels)"), described
 
 
 @command("evaluate", "measure retrieval quality against TF-IDF, BM25 and MiniLM; write a report", _evaluate_args)

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.model.text import EmptyTextError, normalize
+
 
 class CorpusError(ValueError):
     """A corpus file that cannot be read as asked; the message names the file, row and column."""
@@ -27,6 +29,13 @@ class Corpus:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def subset(self, rows, path: str) -> Corpus:
+        """These rows as a corpus of their own (the same file's hash and columns), named `path`."""
+        return Corpus(
+            [self.texts[i] for i in rows], None if self.labels is None else [self.labels[i] for i in rows],
+            sha256=self.sha256, path=path, text_column=self.text_column, label_column=self.label_column,
+        )
 
 
 def _rows(path: Path) -> Iterator[tuple[int, dict]]:
@@ -53,8 +62,6 @@ def _rows(path: Path) -> Iterator[tuple[int, dict]]:
 
 
 def _visible(text: str) -> bool:
-    from app.model.text import EmptyTextError, normalize
-
     try:
         normalize(text)
     except EmptyTextError:
