@@ -15,7 +15,6 @@ from pathlib import Path
 
 from app.core.db import Database
 from app.model.data import CorpusError, read_corpus
-from app.model.text import normalize
 from app.questions import repository
 from app.questions.repository import NewQuestion
 from app.questions.schemas import check_metadata
@@ -45,7 +44,6 @@ def read_questions(
     seen: dict[str, int] = {}
     questions = []
     for row, text in enumerate(corpus.texts):
-        normalize(text)  # empty after normalisation is an error (read_corpus already refused blank rows)
         external_id = _text(path, corpus, external_id_column, row)
         if external_id is not None:
             if external_id in seen:
