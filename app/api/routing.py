@@ -84,13 +84,13 @@ def _check_utf8_path(scope: Scope) -> None:
 
 class Utf8BodyRoute(APIRoute):
     def __init__(self, path: str, endpoint: Callable, **kwargs):
+        self._takes_text = ":text}" in path  # before APIRoute.__init__, which builds the route handler
         super().__init__(path, endpoint, **kwargs)
-        self._takes_line_breaks = ":text}" in path
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         # Starlette ends every route pattern with `$`, which also matches before a final newline:
         # /questions/1%0A would read, change or delete question 1.
-        if not self._takes_line_breaks and scope.get("path", "").endswith("\n"):
+        if not self._takes_text and scope.get("path", "").endswith("\n"):
             return Match.NONE, {}
         return super().matches(scope)
 
@@ -99,7 +99,7 @@ class Utf8BodyRoute(APIRoute):
         known_query = query_names(self.dependant)
         takes_body = self.body_field is not None
 
-        takes_text = ":text}" in self.path  # called by APIRoute.__init__, before our own attributes
+        takes_text = self._takes_text
 
         async def route(request: Request) -> Response:
             if takes_text and "\ufffd" in request.scope.get("path", ""):

@@ -101,19 +101,12 @@ def _remove_model(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def _check_init_keeps_its_architecture(args) -> None:
+def _check_init_keeps_its_architecture(args, settings) -> None:
     """--init fine-tunes the model it names, tokenizer and architecture included: asking for
-    another one beside it is a contradiction, not something to drop silently."""
+    another one beside it (flags, or the sections --config's file sets) is a contradiction, not
+    something to drop silently."""
     asked = [f"--{name}" for name in ("encoder", "latent") if getattr(args, name)]
-    if args.config:
-        import json
-
-        try:
-            written = json.loads(Path(args.config).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            written = {}  # load_settings_file reports what is wrong with the file
-        if isinstance(written, dict):
-            asked += [f"{args.config}'s {key!r}" for key in ("tokenizer", "architecture") if key in written]
+    asked += [f"{args.config}'s {key!r}" for key in ("tokenizer", "architecture") if key in settings.model_fields_set]
     if asked:
         raise CommandError(
             f"--init {args.init} keeps that model's tokenizer and architecture; {', '.join(asked)} cannot change them "
@@ -149,9 +142,9 @@ def _train(args: argparse.Namespace) -> int:
     from app.model.train import Trainer
 
     replace = _check_out(args)
-    if args.init:
-        _check_init_keeps_its_architecture(args)
     settings = load_settings_file(args.config)
+    if args.init:
+        _check_init_keeps_its_architecture(args, settings)
     if args.epochs is not None:
         settings.training.epochs = args.epochs
     if args.encoder:
