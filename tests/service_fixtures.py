@@ -8,6 +8,7 @@ answer.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -155,3 +156,19 @@ def stored(client, tiny_corpus_rows) -> list[dict]:
     response = client.post("/questions/bulk", json=payload)
     assert response.status_code == 201, response.text
     return response.json()["items"]
+
+
+def hold_index_load(monkeypatch) -> threading.Event:
+    """Every index load waits until the returned event is set (at most 60 s): a service that is
+    still loading its index."""
+    from app.similarity.applier import ChangeApplier
+
+    release = threading.Event()
+    real_load = ChangeApplier.load_now
+
+    def held_load(self, *args, **kwargs):
+        release.wait(60)
+        return real_load(self, *args, **kwargs)
+
+    monkeypatch.setattr(ChangeApplier, "load_now", held_load)
+    return release

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.similarity.applier import ChangeApplier
+from tests.service_fixtures import hold_index_load
 
 
 def test_healthz_and_readyz_when_all_is_well(client, stored, tiny_encoder):
@@ -20,14 +18,7 @@ def test_healthz_and_readyz_when_all_is_well(client, stored, tiny_encoder):
 
 
 def test_not_ready_while_the_index_loads_but_alive(settings, monkeypatch):
-    release = threading.Event()
-    real_start = ChangeApplier.load_now
-
-    def slow_start(self, *args, **kwargs):
-        release.wait(30)
-        return real_start(self, *args, **kwargs)
-
-    monkeypatch.setattr(ChangeApplier, "load_now", slow_start)
+    release = hold_index_load(monkeypatch)
     with TestClient(create_app(settings.model_copy(update={"load_wait_seconds": 0.2}))) as client:
         assert client.get("/healthz").status_code == 200
         loading = client.get("/readyz")

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from app.similarity.batcher import MicroBatcher, Overloaded
-from tests.service_fixtures import make_settings, start_client
+from tests.service_fixtures import hold_index_load, make_settings, start_client
 
 
 def test_a_full_queue_answers_503_with_retry_after_and_recovers(database_url, tiny_model_dir, tmp_path, monkeypatch):
@@ -130,16 +130,8 @@ def test_requests_to_a_worker_still_loading_all_get_their_503_after_the_load_wai
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from app.similarity.state import StateBuilder
 
-    loading = threading.Event()
-    real_build = StateBuilder.build
-
-    def slow_build(self, *args, **kwargs):
-        loading.wait(60)
-        return real_build(self, *args, **kwargs)
-
-    monkeypatch.setattr(StateBuilder, "build", slow_build)
+    loading = hold_index_load(monkeypatch)
     client = TestClient(create_app(make_settings(database_url, tiny_model_dir, tmp_path, load_wait_seconds=1.0)))
     client.__enter__()
     answers: list[tuple[float, int]] = []
