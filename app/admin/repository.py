@@ -12,8 +12,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import delete, select
+from sqlalchemy import Connection, delete, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from app.admin.models import ServiceState
 from app.core.db import Database
@@ -50,10 +51,11 @@ class ServiceStateRepository:
         self.db = database
         self._database_id: str | None = None
 
-    def _get(self, key: str) -> str | None:
-        with self.db.reading() as session:
-            row = session.get(ServiceState, key)
-            return None if row is None else row.value
+    def _get(self, key: str, session: Session | Connection | None = None) -> str | None:
+        if session is not None:
+            return session.execute(select(ServiceState.value).where(ServiceState.key == key)).scalar_one_or_none()
+        with self.db.reading() as own:
+            return self._get(key, own)
 
     def _put(self, key: str, value: str) -> None:
         with self.db.writing() as session:
@@ -82,10 +84,12 @@ class ServiceStateRepository:
 
     # ------------------------------------------------------------------ active model
 
-    def active_model(self, configured: Path) -> ActiveModel:
+    def active_model(self, configured: Path, session: Session | Connection | None = None) -> ActiveModel:
         """The model to serve: the last switch's, unless QSIM_MODEL_DIR (`configured`) changed since
-        or that directory is gone; then the configured one, at the recorded generation."""
-        value = self._get(ACTIVE_MODEL_KEY)
+        or that directory is gone; then the configured one, at the recorded generation. Read in
+        `session` when given (the applier's poll reads it with the change log's end, in one
+        transaction)."""
+        value = self._get(ACTIVE_MODEL_KEY, session)
         if value is None:
             return ActiveModel(Path(configured), 0, str(configured))
         record = json.loads(value)

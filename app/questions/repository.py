@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, delete, func, insert, select
+from sqlalchemy import Connection, Row, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from app.core.db import json_text
@@ -139,7 +139,7 @@ def all_ids(session: Session) -> list[int]:
     return list(session.execute(select(Question.id).order_by(Question.id)).scalars())
 
 
-def last_change(session: Session) -> int:
+def last_change(session: Session | Connection) -> int:
     return session.execute(select(func.coalesce(func.max(QuestionChange.seq), 0))).scalar_one()
 
 

@@ -233,9 +233,9 @@ class ChangeApplier:
         """One round: follow the active model, apply the changes the index lacks, report progress."""
         with self._write_lock:
             state = self.state
-            with self.db.reading() as session:
+            with self.db.reading_rows() as session:  # one small transaction: this runs every applier_poll_ms
                 latest = repository.last_change(session)
-            active = self.service_state.active_model(self.settings.model_dir)
+                active = self.service_state.active_model(self.settings.model_dir, session)
             self._database_revision, self._database_error = latest, None
             if active.generation != state.generation:
                 state = self._follow(state, active)
