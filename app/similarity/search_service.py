@@ -120,7 +120,8 @@ def search(state: SearchState, queries: Sequence[SearchQuery], min_coverage: flo
     codes = None if encoded is None else encoded.samples
     coverage = dict(zip(unique_texts, encoded.coverage, strict=True)) if encoded is not None else {}
     row_of = {text: row for row, text in enumerate(unique_texts)}
-    for (threshold, min_pairs, limit, where), positions in groups.items():
+    for (threshold, min_pairs, limit, typed_where), positions in groups.items():
+        where = None if typed_where is None else tuple((key, value) for key, _, value in typed_where)
         allowed = None
         if where is not None:
             try:
@@ -188,7 +189,10 @@ def _resolve(encoder: QuestionEncoder, query: SearchQuery) -> tuple:
             f"x {encoder.samples_per_question} stored codes)",
             field="min_pairs",
         )
-    return threshold, min_pairs, query.limit, query.filter
+    # Grouped by value *and* type: Python's True == 1 == 1.0 (with equal hashes) would answer a
+    # {"flag": true} filter and a {"flag": 1} one, batched together, with the first one's.
+    typed = None if query.filter is None else tuple((key, type(value), value) for key, value in query.filter)
+    return threshold, min_pairs, query.limit, typed
 
 
 def _hits(state: SearchState, matches: list[Match], where: tuple[tuple[str, Any], ...] | None = None) -> list[Hit]:

@@ -101,6 +101,19 @@ def test_booleans_are_not_numbers_in_a_filter(client):
     assert ids({"flag": 1}) == [items[0]["id"]]
 
 
+def test_searches_batched_together_keep_their_own_filter_when_true_and_1_differ(client):
+    """Python calls True == 1 (and hashes them alike): two filters that differ only so must not be
+    answered as one group when the micro-batcher puts them in one batch."""
+    from app.similarity.search_service import SearchQuery, search
+
+    items = store(client, [{"text": "flag one", "metadata": {"flag": 1}}, {"text": "flag true", "metadata": {"flag": True}}])
+    state = client.app.state.runtime.applier.state
+    queries = [SearchQuery("flag", 10, 1e12, 1, SearchQuery.where(where)) for where in ({"flag": True}, {"flag": 1})]
+    by_true, by_one = search(state, queries, min_coverage=0.0)
+    assert [hit.id for hit in by_true.hits] == [items[1]["id"]]
+    assert [hit.id for hit in by_one.hits] == [items[0]["id"]]
+
+
 def test_a_filter_that_keeps_three_of_many_still_returns_them(client, tiny_corpus_rows):
     rows = [{"text": row["text"], "metadata": {"tenant": "big"}} for row in tiny_corpus_rows[:300]]
     rows[17]["metadata"] = rows[150]["metadata"] = rows[299]["metadata"] = {"tenant": "tiny"}
