@@ -138,7 +138,8 @@ class StrictModel(BaseModel):
 class SearchOptions(StrictModel):
     limit: int = Field(10, ge=1, description=f"at most this many results; at most {documented_limit('max_limit')}")
     threshold: float | None = Field(
-        None, ge=0, allow_inf_nan=False, description="pair distance threshold t; null: the model's calibrated default"
+        None, ge=0, allow_inf_nan=False, description="pair distance threshold t; null: the model's calibrated default; values below 1e-9 count as 1e-9 "
+        "(identical codes differ by rounding), so 0 finds exact repeats"
     )
     min_pairs: int | None = Field(
         None, ge=1, description="pairs within t needed for a match; null: the model's default (1 = any of K x K)"

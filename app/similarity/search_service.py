@@ -180,7 +180,9 @@ def _identical(
 
 
 def _resolve(encoder: QuestionEncoder, query: SearchQuery) -> tuple:
-    threshold = encoder.default_threshold if query.threshold is None else query.threshold
+    # Identical codes come out up to ~1e-16 apart (1 - cos in floating point): a threshold below
+    # that floor would find no exact repeat, so "threshold 0" means identical codes.
+    threshold = encoder.default_threshold if query.threshold is None else max(query.threshold, IDENTICAL_CODES_DISTANCE)
     min_pairs = encoder.default_min_pairs if query.min_pairs is None else query.min_pairs
     pairs = encoder.samples_per_question**2
     if not 1 <= min_pairs <= pairs:

@@ -37,3 +37,15 @@ def test_page_on_the_shipped_model(chromium, shipped_service, tmp_path, width):
     k = answer["model"]["samples"]
     assert shot.grid_cells == k * k and shot.samples_drawn == k
     assert shot.path.stat().st_size > 50_000
+
+
+def test_threshold_zero_finds_an_exact_repeat_on_the_shipped_model(shipped_service):
+    """vMF codes are compared by 1 - cos, which puts identical codes ~1e-16 apart, not 0: a desk
+    asking for exact repeats only (threshold 0) still gets the stored question with the same text."""
+    k = 5
+    stored = httpx.get(f"{shipped_service.base}/questions", params={"limit": 1}, timeout=60).json()["items"][0]
+    request = {"question": stored["text"], "threshold": 0, "min_pairs": k, "limit": 3}
+    answer = httpx.post(f"{shipped_service.base}/questions/similar", json=request, timeout=60).json()
+    assert answer["model"]["metric"] == "cosine" and answer["model"]["samples"] == k
+    assert answer["results"] and answer["results"][0]["text"] == stored["text"], answer
+    assert answer["results"][0]["pairs_within"] >= k
