@@ -100,6 +100,16 @@ def allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+def _message(validation_error: dict) -> str:
+    """The error's message, with the JSON parser's reason where FastAPI keeps it aside (its
+    "JSON decode error" alone says where the body broke, not what is wrong there)."""
+    message = validation_error["msg"]
+    reason = (validation_error.get("ctx") or {}).get("error")
+    if validation_error["type"] == "json_invalid" and message == "JSON decode error" and isinstance(reason, str) and reason:
+        return f"{message}: {reason}"
+    return message
+
+
 def install_error_handlers(app: FastAPI, retry_after_seconds: int) -> None:
     retry = {"Retry-After": str(retry_after_seconds)}
 
@@ -108,7 +118,7 @@ def install_error_handlers(app: FastAPI, retry_after_seconds: int) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return invalid([{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()])
+        return invalid([{"loc": list(e["loc"]), "msg": _message(e), "type": e["type"]} for e in exc.errors()])
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:

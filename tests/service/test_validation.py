@@ -56,6 +56,19 @@ def test_invalid_utf8_or_json_is_422(client, raw):
     assert response.json()["detail"].startswith("body")
 
 
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [(b'{"question": "x",}', "Expecting property name enclosed in double quotes"),
+     (b'{"question": "x"} and more', "Extra data"),
+     (b'{"question" "x"}', "Expecting ':' delimiter")],
+)
+def test_a_json_error_says_what_is_wrong_as_well_as_where(client, raw, reason):
+    response = client.post("/questions/similar", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert detail.startswith("body.") and f"JSON decode error: {reason}" in detail, detail
+
+
 @pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32-le"])
 def test_a_utf16_or_utf32_body_is_422_asking_for_utf8(client, encoding):
     body = '{"question": "card arrived broken"}'.encode(encoding)  # valid UTF-8 bytes, NULs and all
