@@ -151,7 +151,8 @@ def bundled_transfer_file() -> Path | None:
 
 
 def read_lines(path: Path | str) -> list[str]:
-    """Questions from a text file, one per line; blank lines are skipped."""
+    """Questions from a text file, one per line; blank lines (and lines of invisible characters
+    only, which normalise to nothing) are skipped."""
     path = Path(path)
     if not path.is_file():
         raise CorpusError(f"question file {path} {_not_a_file(path)}")
@@ -159,7 +160,7 @@ def read_lines(path: Path | str) -> list[str]:
         lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
     except UnicodeDecodeError as error:
         raise CorpusError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-    texts = [line for line in lines if line]
+    texts = [line for line in lines if line and _visible(line)]
     if not texts:
         raise CorpusError(f"{path}: no questions")
     return texts
@@ -206,8 +207,11 @@ def read_pairs(path: Path | str, columns: tuple[str, str, str] | None = None) ->
                 )
             first, second, label = (record[c] for c in columns)
             for column, text in zip(columns[:2], (first, second), strict=True):
-                if not isinstance(text, str) or not text.strip():
-                    raise CorpusError(f"{path}: row {number} has an empty {column!r}")
+                if not isinstance(text, str) or not _visible(text):
+                    raise CorpusError(
+                        f"{path}: row {number} has an empty {column!r}"
+                        + (" (only invisible characters)" if isinstance(text, str) and text.strip() else "")
+                    )
             flag = str(label).strip().lower()
             if flag not in _TRUE | _FALSE:
                 raise CorpusError(f"{path}: row {number} has {columns[2]!r} = {label!r}; expected 0 or 1")

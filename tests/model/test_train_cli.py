@@ -124,6 +124,28 @@ def test_a_trained_out_directory_is_replaced_only_when_asked(tiny_corpus_file, t
     assert "is a file, not a directory" in capsys.readouterr().err
 
 
+def test_invisible_only_text_in_pairs_is_refused_by_row_before_overwrite_removes_anything(
+    tiny_corpus_file, tiny_model_dir, tmp_path, capsys
+):
+    import shutil
+
+    from app.model.data import read_lines
+
+    out = shutil.copytree(tiny_model_dir, tmp_path / "desk-model")
+    before = sorted(p.name for p in out.iterdir())
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("first,second,duplicate\nwhere is my card,has my card shipped,1\nwhere is my card,\u200b\u200d,0\n")
+    run = ["train", "--corpus", str(tiny_corpus_file), "--text-column", "text", "--out", str(out), "--overwrite",
+           "--no-progress", "--no-calibrate", "--teacher", "none", "--pairs", str(pairs)]
+    assert main(run) == 2
+    error = capsys.readouterr().err
+    assert f"{pairs}: row 3 has an empty 'second' (only invisible characters)" in error and error.count("\n") == 1
+    assert sorted(p.name for p in out.iterdir()) == before
+    transfer = tmp_path / "transfer.txt"
+    transfer.write_text("what is this\n\u200b\nhow are you\n")
+    assert read_lines(transfer) == ["what is this", "how are you"]  # skipped like a blank line
+
+
 def test_a_one_question_corpus_is_refused_in_one_line(tmp_path, capsys):
     corpus = tmp_path / "one.csv"
     corpus.write_text("text\nwhere is my card\n")
