@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class _Strict(BaseModel):
@@ -133,6 +133,16 @@ class ModelSettings(_Strict):
     sampling: SamplingConfig = SamplingConfig()
     search: SearchDefaults = SearchDefaults()
 
+    @model_validator(mode="after")
+    def _min_pairs_within_the_pairs(self) -> ModelSettings:
+        pairs = self.sampling.samples**2
+        if self.search.min_pairs > pairs:
+            raise ValueError(
+                f"search.min_pairs {self.search.min_pairs} is more than the {pairs} pairs of "
+                f"{self.sampling.samples} x {self.sampling.samples} codes (sampling.samples): no question could match"
+            )
+        return self
+
 
 class ConfigFileError(ValueError):
     pass
@@ -150,5 +160,8 @@ def load_settings_file(path: Path | None) -> ModelSettings:
     try:
         return ModelSettings.model_validate(data)
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"].removeprefix("Value error, ")
+            for e in error.errors()
+        )
         raise ConfigFileError(f"config file {path}: {problems}") from None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from app.cli import main
 from app.model.config import ModelSettings
 from tests.conftest import tiny_architecture
@@ -144,6 +146,26 @@ def test_invisible_only_text_in_pairs_is_refused_by_row_before_overwrite_removes
     transfer = tmp_path / "transfer.txt"
     transfer.write_text("what is this\n\u200b\nhow are you\n")
     assert read_lines(transfer) == ["what is this", "how are you"]  # skipped like a blank line
+
+
+def test_a_min_pairs_above_k_squared_is_refused_by_train_and_by_load(tiny_corpus_file, tiny_model_dir, tmp_path, capsys):
+    import shutil
+
+    from app.model.artifact import ArtifactError, load_artifact
+
+    config = tmp_path / "mp.json"
+    config.write_text(json.dumps({"search": {"min_pairs": 100, "threshold": 0.3}}))
+    assert main(["train", "--corpus", str(tiny_corpus_file), "--text-column", "text", "--out", str(tmp_path / "m"),
+                 "--config", str(config), "--no-progress", "--no-calibrate", "--teacher", "none"]) == 2
+    error = capsys.readouterr().err
+    assert "search.min_pairs 100 is more than the 25 pairs" in error and error.count("\n") == 1
+    assert not (tmp_path / "m").exists()
+    edited = shutil.copytree(tiny_model_dir, tmp_path / "edited")
+    record = json.loads((edited / "config.json").read_text())
+    record["settings"]["search"]["min_pairs"] = 26
+    (edited / "config.json").write_text(json.dumps(record))
+    with pytest.raises(ArtifactError, match="min_pairs 26 is more than the 25 pairs"):
+        load_artifact(edited)
 
 
 def test_a_one_question_corpus_is_refused_in_one_line(tmp_path, capsys):
