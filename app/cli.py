@@ -103,6 +103,7 @@ def describe(error: BaseException) -> str:
     from app.model.config import ConfigFileError
     from app.model.data import CorpusError
     from app.model.text import EmptyTextError
+    from app.model.train import TrainingDiverged
 
     if isinstance(error, ValidationError):
         parts = []
@@ -118,7 +119,7 @@ def describe(error: BaseException) -> str:
         name = f"QSIM_{field.group(1).upper()}" if field else "a QSIM_ variable"
         return f"invalid settings: {name} must be JSON for a list or an object (e.g. [\"https://desk.example\"])"
     message = " ".join(str(error).split()) or error.__class__.__name__
-    plain = (CommandError, ArtifactError, ConfigFileError, CorpusError, EmptyTextError, FileNotFoundError)
+    plain = (CommandError, ArtifactError, ConfigFileError, CorpusError, EmptyTextError, FileNotFoundError, TrainingDiverged)
     return message if isinstance(error, plain) else f"{message} ({error.__class__.__name__})"
 
 if __name__ == "__main__":

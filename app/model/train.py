@@ -31,6 +31,15 @@ from app.model.vae import Batch, SequenceVAE, corrupt
 logger = logging.getLogger(__name__)
 
 
+# Past this many nats per token (perplexity e^700, float64's limit) the decoder is not learning:
+# the run has diverged.
+DIVERGED_NATS_PER_TOKEN = 700.0
+
+
+class TrainingDiverged(ValueError):
+    """The loss left the finite range (usually a learning rate far too high for the model)."""
+
+
 class CollapseWarning(UserWarning):
     """The latent stopped carrying information (posterior collapse)."""
 
@@ -472,6 +481,12 @@ class Trainer:
             if len(self._pairs[0]):
                 supervised = supervised + self.cfg.pairs_weight * self._pair_loss(model, ids, rng)
             loss = reconstruction + beta * out.kl_penalty + supervised
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"training diverged at epoch {epoch}, step {step + 1}: the loss is {loss.item()} "
+                    f"(training.learning_rate {self.cfg.learning_rate:g} is probably too high; the default is "
+                    f"{TrainingConfig.model_fields['learning_rate'].default:g})"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
@@ -515,12 +530,19 @@ class Trainer:
             means.append(out.posterior.mean.numpy())
         n = len(val_idx)
         beta = self.cfg.beta
+        per_token = reconstruction / max(tokens, 1)
+        if not math.isfinite(per_token) or per_token > DIVERGED_NATS_PER_TOKEN:
+            raise TrainingDiverged(
+                f"training diverged: the validation reconstruction is {per_token:.4g} nats per token "
+                f"(training.learning_rate {self.cfg.learning_rate:g} is probably too high; the default is "
+                f"{TrainingConfig.model_fields['learning_rate'].default:g})"
+            )
         return {
             "loss": (reconstruction + beta * kl + supervised) / n,
             "supervised": supervised / n,
             "label_accuracy": correct / n if objectives.classifier is not None else None,
             "reconstruction": reconstruction / n,
             "kl": kl / n,
-            "perplexity": math.exp(reconstruction / max(tokens, 1)),
+            "perplexity": math.exp(per_token),
             "active_units": count_active_units(np.concatenate(means), self._active_threshold()),
         }

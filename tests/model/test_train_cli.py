@@ -168,6 +168,18 @@ def test_a_min_pairs_above_k_squared_is_refused_by_train_and_by_load(tiny_corpus
         load_artifact(edited)
 
 
+def test_a_diverging_run_says_so_in_one_line(tiny_corpus_file, tmp_path, capsys):
+    config = tmp_path / "hot.json"
+    tiny = tiny_architecture()
+    tiny["training"] |= {"epochs": 1, "learning_rate": 1e6}
+    config.write_text(json.dumps(tiny))
+    assert main(["train", "--corpus", str(tiny_corpus_file), "--text-column", "text", "--out", str(tmp_path / "m"),
+                 "--config", str(config), "--no-progress", "--no-calibrate", "--teacher", "none"]) == 2
+    error = capsys.readouterr().err
+    assert "training diverged" in error and "learning_rate 1e+06 is probably too high" in error, error
+    assert error.count("\n") == 1
+
+
 def test_a_one_question_corpus_is_refused_in_one_line(tmp_path, capsys):
     corpus = tmp_path / "one.csv"
     corpus.write_text("text\nwhere is my card\n")
