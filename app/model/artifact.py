@@ -126,6 +126,17 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     return config
 
 
+def _flat(settings: dict, prefix: str = "") -> dict:
+    """{"training": {"learning_rate": 1e-3}} -> {"training.learning_rate": 1e-3}"""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def load_artifact(model_dir: Path | str, device: str = "cpu") -> Artifact:
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -239,7 +250,8 @@ class ArtifactWriter:
 
         buffer = io.BytesIO()
         torch.save(state | {"data_sha256": self.corpus.sha256, "seed": self.seed, "sources": self._sources_key(),
-                            "columns": self._columns(), "tokenizer_sha256": self._tokenizer_sha256()}, buffer)
+                            "columns": self._columns(), "tokenizer_sha256": self._tokenizer_sha256(),
+                            "settings": json.dumps(self._resumable_settings(), sort_keys=True)}, buffer)
         _atomic_write(self.out_dir / TRAIN_STATE_FILE, buffer.getvalue())
 
     def load_train_state(self) -> dict | None:
@@ -265,7 +277,24 @@ class ArtifactWriter:
         if state.get("tokenizer_sha256", self._tokenizer_sha256()) != self._tokenizer_sha256():
             raise ArtifactError(f"cannot resume: {path} belongs to another run than {self.out_dir / TOKENIZER_FILE} "
                                 "(a later run into this directory replaced the tokenizer)")
+        if "settings" in state:  # states from before this check pass
+            saved, now = _flat(json.loads(state["settings"])), _flat(self._resumable_settings())
+            changed = sorted(key for key in saved.keys() | now.keys() if saved.get(key) != now.get(key))
+            if changed:
+                shown = ", ".join(f"{key} {saved.get(key)!r} -> {now.get(key)!r}" for key in changed[:4])
+                raise ArtifactError(
+                    f"cannot resume: {path} was trained with other settings ({shown}"
+                    f"{', ...' if len(changed) > 4 else ''}); only training.epochs may change on --resume"
+                )
         return state
+
+    def _resumable_settings(self) -> dict:
+        """The settings a resumed run must share with the run it continues: all that shape the model
+        and its training but the number of epochs (sampling and search settings are not used in
+        training)."""
+        settings = self.settings.model_dump(include={"tokenizer", "architecture", "training"}, mode="json")
+        settings["training"].pop("epochs", None)
+        return settings
 
     def _columns(self) -> dict:
         return {"text": self.corpus.text_column, "label": self.corpus.label_column}

@@ -71,6 +71,21 @@ def test_resume_refuses_other_transfer_questions(tiny_corpus_file, tiny_settings
     train(tiny_corpus_file, tmp_path / "m", settings_with(tiny_settings, epochs=2), resume=True, transfer=transfer[:10])
 
 
+def test_resume_refuses_other_model_or_training_settings_but_takes_more_epochs(tiny_corpus_file, tiny_settings, tmp_path):
+    from app.model.artifact import ArtifactError
+
+    train(tiny_corpus_file, tmp_path / "m", settings_with(tiny_settings, epochs=1))
+    wider = settings_with(tiny_settings, epochs=2)
+    wider.architecture.encoder_hidden = 48
+    with pytest.raises(ArtifactError, match=r"other settings \(architecture.encoder_hidden 32 -> 48\)"):
+        train(tiny_corpus_file, tmp_path / "m", wider, resume=True)
+    hotter = settings_with(tiny_settings, epochs=2, learning_rate=tiny_settings.training.learning_rate * 10)
+    with pytest.raises(ArtifactError, match="training.learning_rate"):
+        train(tiny_corpus_file, tmp_path / "m", hotter, resume=True)
+    train(tiny_corpus_file, tmp_path / "m", settings_with(tiny_settings, epochs=2), resume=True)
+    assert torch.load(tmp_path / "m" / "train_state.pt", weights_only=True)["epoch"] == 2
+
+
 def test_resume_refuses_another_text_or_label_column_of_the_same_file(tiny_corpus_file, tiny_settings, tmp_path):
     from app.model.artifact import ArtifactError
 
