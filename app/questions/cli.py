@@ -36,7 +36,8 @@ def _import(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     questions = read_questions(
-        args.file, args.text_column, args.external_id_column, args.answer_column, args.metadata_columns
+        args.file, args.text_column, args.external_id_column, args.answer_column, args.metadata_columns,
+        max_question_chars=settings.max_question_chars,
     )
     if not args.external_id_column:
         print("note: without --external-id-column, importing this file again would add its questions again")

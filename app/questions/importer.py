@@ -13,11 +13,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from app.core.db import Database
 from app.model.data import CorpusError, read_corpus
 from app.questions import repository
 from app.questions.repository import NewQuestion
-from app.questions.schemas import check_metadata
+from app.questions.schemas import QuestionCreate, check_metadata
 
 
 class ImportFileError(CorpusError):
@@ -38,7 +40,11 @@ def read_questions(
     external_id_column: str | None = None,
     answer_column: str | None = None,
     metadata_columns: Sequence[str] = (),
+    max_question_chars: int | None = None,
 ) -> list[NewQuestion]:
+    """The file's rows as questions, each held to what the API accepts (external id length, NUL
+    characters, answer length, metadata, and with `max_question_chars` the text's length): a row the
+    API would refuse is refused here, naming it, before anything is written."""
     extra = tuple(c for c in (external_id_column, answer_column, *metadata_columns) if c)
     corpus = read_corpus(path, text_column, extra_columns=extra)
     seen: dict[str, int] = {}
@@ -57,8 +63,27 @@ def read_questions(
         except ValueError as error:
             raise ImportFileError(f"{path}: data row {row + 1}: metadata {error}") from None
         answer = _text(path, corpus, answer_column, row)
+        _check_as_the_api_does(path, row, text, external_id, answer, max_question_chars)
         questions.append(NewQuestion(text=text, external_id=external_id, answer=answer, meta=meta))
     return questions
+
+
+def _check_as_the_api_does(
+    path: Path, row: int, text: str, external_id: str | None, answer: str | None, max_question_chars: int | None
+) -> None:
+    try:
+        QuestionCreate.model_validate({"text": text, "external_id": external_id, "answer": answer})
+    except ValidationError as error:
+        problem = error.errors()[0]
+        field = "text" if problem["loc"][0] == "text" else str(problem["loc"][0])
+        raise ImportFileError(
+            f"{path}: data row {row + 1}: {field} {problem['msg'].removeprefix('Value error, ')}"
+        ) from None
+    if max_question_chars is not None and len(text) > max_question_chars:
+        raise ImportFileError(
+            f"{path}: data row {row + 1}: text has {len(text)} characters; the service takes at most "
+            f"{max_question_chars} (QSIM_MAX_QUESTION_CHARS)"
+        )
 
 
 def _text(path: Path, corpus, column: str | None, row: int) -> str | None:

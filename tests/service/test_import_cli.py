@@ -104,6 +104,25 @@ def test_import_errors_name_the_problem_and_write_nothing(env, tmp_path, capsys)
     assert stored(env)[0] == {}
 
 
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [({"id": "x" * 256, "q": "fine", "a": "ok"}, "data row 2: external_id String should have at most 255 characters"),
+     ({"id": "n", "q": "a NUL \x00 here", "a": "ok"}, "data row 2: text must not contain NUL characters"),
+     ({"id": "l", "q": "fine", "a": "y" * 20_001}, "data row 2: answer String should have at most 20000 characters"),
+     ({"id": "t", "q": "w" * 30, "a": "ok"}, "data row 2: text has 30 characters; the service takes at most 20"),
+     ],
+)
+def test_import_refuses_what_the_api_refuses_naming_the_row(env, monkeypatch, tmp_path, capsys, row, problem):
+    monkeypatch.setenv("QSIM_MAX_QUESTION_CHARS", "20")
+    get_settings.cache_clear()
+    path = write_csv(tmp_path / "rows.csv", [{"id": "ok", "q": "a fine question", "a": "yes"}, row])
+    assert main(["import", "--file", str(path), "--text-column", "q", "--external-id-column", "id",
+                 "--answer-column", "a"]) == 2
+    error = capsys.readouterr().err
+    assert problem in error and error.count("\n") == 1, error
+    assert stored(env)[0] == {}  # nothing written, the good row included
+
+
 def test_a_misspelt_optional_column_is_an_error_not_a_silent_blank(env, tmp_path, capsys):
     path = write_csv(tmp_path / "desk.csv", [{"id": "a1", "q": "Where is my card?", "answer": "In the post."}])
     for flag in ("--external-id-column", "--answer-column", "--metadata-column"):
