@@ -58,6 +58,12 @@ def _rows(path: Path) -> Iterator[tuple[int, dict]]:
             if not reader.fieldnames:
                 raise CorpusError(f"{path}: no header row")
             for number, record in enumerate(reader, start=2):
+                extra = record.pop(None, None)  # fields beyond the header's (DictReader's restkey)
+                if extra and any(value.strip() for value in extra):
+                    raise CorpusError(
+                        f"{path}: row {number} has {len(reader.fieldnames) + len(extra)} fields, the header "
+                        f"{len(reader.fieldnames)}: a comma inside an unquoted text? (quote such fields: \"a, b\")"
+                    )
                 yield number, record
 
 

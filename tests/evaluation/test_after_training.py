@@ -244,6 +244,18 @@ def test_a_text_cell_that_is_not_text_or_only_invisible_names_its_row(tmp_path):
         read_corpus(number, "q")
 
 
+def test_a_csv_row_with_more_fields_than_the_header_is_refused_not_cut_at_a_comma(tmp_path):
+    from app.model.data import CorpusError
+
+    path = tmp_path / "desk.csv"
+    path.write_text("text,category\nwhere is my card,card\nmy card, it was sent last week,card\n")
+    with pytest.raises(CorpusError, match=r"row 3 has 3 fields, the header 2: a comma inside an unquoted text"):
+        read_corpus(path, "text", "category")
+    trailing = tmp_path / "trailing.csv"
+    trailing.write_text("text,category\nwhere is my card,card,\nrefund please,refund,,\n")  # empty extras: harmless
+    assert read_corpus(trailing, "text", "category").texts == ["where is my card", "refund please"]
+
+
 def test_a_held_out_split_keeps_unlabelled_rows_on_the_stored_side(labelled):
     from app.evaluation.calibrate import holdout_split
 
