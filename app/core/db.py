@@ -185,9 +185,16 @@ def open_database(url: str, timeout_seconds: float = 2.0) -> Database:
 @contextmanager
 def migrated_database(url: str, timeout_seconds: float = 2.0) -> Iterator[Database]:
     """The database at `url` for a command-line tool: refused (SchemaOutOfDateError) unless it is
-    at the newest migration, and disposed of when the block ends."""
-    from app.core.migrations import check_schema
+    at the newest migration, and disposed of when the block ends. A SQLite file that does not
+    exist is refused too (opening it would create an empty one)."""
+    from app.core.migrations import SchemaOutOfDateError, check_schema
 
+    path = make_url(url).database if is_sqlite(url) else None
+    if path and path != ":memory:" and not Path(path).exists():
+        raise SchemaOutOfDateError(
+            f"no database at {path} (QSIM_DATABASE_URL): the service creates it on its first start, "
+            "`qsim import` on its first import"
+        )
     database = open_database(url, timeout_seconds)
     try:
         check_schema(database.engine)

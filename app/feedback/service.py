@@ -100,17 +100,12 @@ def load_feedback_pairs(database_url: str | None = None):
     """The verdicts stored in the database (QSIM_DATABASE_URL unless given) as a PairsCorpus;
     CorpusError when there are none yet."""
     from app.core.config import get_settings
-    from app.core.db import open_database
-    from app.core.migrations import check_schema
+    from app.core.db import migrated_database
     from app.model.data import CorpusError
 
     settings = get_settings()
-    database = open_database(database_url or settings.database_url, settings.database_timeout_seconds)
-    try:
-        check_schema(database.engine)
+    with migrated_database(database_url or settings.database_url, settings.database_timeout_seconds) as database:
         corpus = feedback_pairs_corpus(FeedbackService(database))
-    finally:
-        database.dispose()
     if not corpus.left:
         raise CorpusError("no feedback stored yet: agents' verdicts arrive through POST /feedback")
     return corpus

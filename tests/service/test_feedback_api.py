@@ -104,3 +104,21 @@ def test_feedback_round_trip_into_export_and_calibrate(client, stored, settings,
         assert from_file and from_file == from_database
     finally:
         get_settings.cache_clear()
+
+
+def test_calibrating_on_feedback_of_a_database_that_does_not_exist_says_so_and_creates_nothing(
+    monkeypatch, tmp_path, tiny_model_dir, capsys
+):
+    from app.cli import main
+    from app.core.config import get_settings
+
+    missing = tmp_path / "no-such-dir" / "qsim.db"
+    monkeypatch.setenv("QSIM_DATABASE_URL", f"sqlite:///{missing}")
+    get_settings.cache_clear()
+    try:
+        code = main(["calibrate", "--model", str(tiny_model_dir), "--objective", "pairs", "--dry-run", "--feedback"])
+        assert code == 2
+        assert f"no database at {missing}" in capsys.readouterr().err
+        assert not missing.parent.exists()
+    finally:
+        get_settings.cache_clear()
