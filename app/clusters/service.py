@@ -23,8 +23,11 @@ KIND = "clusters"
 
 
 class ClusterJobNotFound(NotFoundError):
-    def __init__(self, job_id: str):
-        super().__init__(f"cluster job {job_id} does not exist")
+    def __init__(self, job_id: str, other_kind: str | None = None):
+        if other_kind is None:
+            super().__init__(f"cluster job {job_id} does not exist")
+        else:
+            super().__init__(f"job {job_id} is a {other_kind} job, not a cluster job: its status is at GET /admin/jobs/{job_id}")
 
 
 class ClustersNotReady(ConflictError, RuntimeError):
@@ -105,7 +108,7 @@ class ClusterService:
     def result(self, job_id: str) -> dict:
         job = self.jobs.get(job_id)
         if job is None or job.kind != KIND:
-            raise ClusterJobNotFound(job_id)
+            raise ClusterJobNotFound(job_id, None if job is None else job.kind)
         with self.db.reading() as session:
             row = session.get(ClusterResult, job_id)
         if row is None:

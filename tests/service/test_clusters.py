@@ -100,6 +100,19 @@ def test_bad_cluster_requests(client, admin):
     assert client.get("/admin/clusters/not-a-uuid", headers=admin).status_code == 422
 
 
+def test_a_reindex_jobs_id_asked_for_clusters_is_a_404_that_says_what_it_is(client, admin):
+    job_id = client.post("/admin/reindex", headers=admin).json()["job_id"]
+    response = client.get(f"/admin/clusters/{job_id}", headers=admin)
+    assert response.status_code == 404
+    assert response.json()["detail"] == (
+        f"job {job_id} is a reindex job, not a cluster job: its status is at GET /admin/jobs/{job_id}"
+    )
+    deadline = time.monotonic() + 60
+    while client.get(f"/admin/jobs/{job_id}", headers=admin).json()["status"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
 def test_qsim_cluster_writes_the_same_clusters_offline(client, admin, settings, monkeypatch, tmp_path, capsys):
     store_groups(client)
     online = run_clusters(client, admin, {"threshold": 1e-9, "min_pairs": 5})
