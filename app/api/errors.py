@@ -102,8 +102,11 @@ def allowed_methods(request: Request) -> list[str]:
 
 def _message(validation_error: dict) -> str:
     """The error's message, with the JSON parser's reason where FastAPI keeps it aside (its
-    "JSON decode error" alone says where the body broke, not what is wrong there)."""
+    "JSON decode error" alone says where the body broke, not what is wrong there), and a lone
+    surrogate named as such (as the metadata check names it)."""
     message = validation_error["msg"]
+    if validation_error["type"] == "string_unicode":  # pydantic's words for a lone surrogate in JSON text
+        return "must be valid Unicode text (it contains a lone surrogate, e.g. \\ud800 without its pair)"
     reason = (validation_error.get("ctx") or {}).get("error")
     if validation_error["type"] == "json_invalid" and message == "JSON decode error" and isinstance(reason, str) and reason:
         return f"{message}: {reason}"

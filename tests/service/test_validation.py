@@ -27,7 +27,7 @@ MAX_QUESTION_CHARS = Settings().max_question_chars  # the test app's (make_setti
         ({"question": "ok", "min_pairs": 0}, "min_pairs"),
         ({"question": "ok", "colour": "blue"}, "colour"),
         ({"question": "nul \x00 inside"}, "NUL"),
-        ({"question": "lone \ud800 surrogate"}, "body.question"),
+        ({"question": "lone \ud800 surrogate"}, "body.question: must be valid Unicode text (it contains a lone surrogate"),
     ],
 )
 def test_bad_search_requests_are_422_naming_the_field(client, body, named):
