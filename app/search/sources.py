@@ -26,7 +26,7 @@ from typing import Protocol
 import numpy as np
 
 from app.search.bounds import FloatErrorModel, SearchGeometry
-from app.search.kernels import squared_distances
+from app.search.kernels import inner_products_at, squared_distances, squared_distances_at
 from app.search.partition import Balls
 from app.search.segment import Segment
 
@@ -255,12 +255,10 @@ class BlockSource:
                     return EMPTY_ROWS, EMPTY_BOUNDS
         if caps is not None and not math.isinf(cutoff):
             directions = caps.directions
-            if spans is None:
-                dots = directions[rows] @ search_t
-            elif len(spans) == 1:
+            if spans is not None and len(spans) == 1:
                 dots = directions[spans[0][0] : spans[0][1]] @ search_t
-            else:
-                dots = np.concatenate([directions[a:b] @ search_t for a, b in spans])
+            else:  # scattered rows: read in place, one call
+                dots = inner_products_at(self.query.search, directions, rows).T
             norms = self.query.norms
             floor = self._combine(
                 lambda ranks: caps.bounds_from_dots(dots, norms, self.errors, self.structure.representation_error, rows, ranks)
@@ -271,14 +269,11 @@ class BlockSource:
             if not len(rows):
                 return EMPTY_ROWS, EMPTY_BOUNDS
         search = self.query.search
-        if spans is None:
-            samples = segment.vectors[rows].reshape(len(rows) * k, segment.vectors.shape[-1])
-            squared = squared_distances(search, samples)  # (Kq, samples)
-        elif len(spans) == 1:
+        if spans is not None and len(spans) == 1:
             squared = squared_distances(search, segment.flat_vectors[spans[0][0] * k : spans[0][1] * k])
-        else:
-            vectors = segment.flat_vectors
-            squared = np.concatenate([squared_distances(search, vectors[a * k : b * k]) for a, b in spans], axis=1)
+        else:  # scattered rows: their samples read in place, one call -> (Kq, samples)
+            sample_rows = (rows[:, None] * k + np.arange(k)).reshape(-1)
+            squared = squared_distances_at(search, segment.flat_vectors, sample_rows)
         slack = self.errors.squared_slack(self.query.norms, segment.partition.max_norms[blocks].max())
         bounds = question_lower_bounds(squared, k, slack, self.geometry)
         if floor is not None:
