@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import threading
 import time
 import uuid
@@ -86,8 +85,10 @@ class ChangeApplier:
         self._saved_marker: tuple[int, int, str] | None = None  # (revision, questions, model id) on disk
         self._database_revision = 0  # the latest change the last successful poll saw
         self._database_error: str | None = None
-        self._last_heartbeat = -math.inf
         self._reported: tuple[int, int] | None = None
+        self._report_lock = threading.Lock()  # a heartbeat never writes older progress over newer
+        self._reported_at = time.monotonic()  # when the applier last reported (each poll ends so)
+        self._heartbeat: threading.Thread | None = None
         self._listener: WakeupListener | None = None
         self._wakeups = WakeupSender()
 
@@ -148,6 +149,8 @@ class ChangeApplier:
         self._thread = threading.Thread(target=self._run, args=(encoder, active.generation), name="change-applier",
                                         daemon=True)
         self._thread.start()
+        self._heartbeat = threading.Thread(target=self._beat, name="replica-heartbeat", daemon=True)
+        self._heartbeat.start()
 
     def load_now(self, encoder: QuestionEncoder, generation: int = 0) -> SearchState:
         """Loads the saved index (or builds one) for `encoder`, reconciles it with the database and
@@ -181,6 +184,8 @@ class ChangeApplier:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=10)
         if self._listener is not None:
             self._listener.close()
         self._wakeups.close()
@@ -262,10 +267,26 @@ class ChangeApplier:
 
     def _report(self, state: SearchState, force: bool = False) -> None:
         progress = (state.revision, state.generation)
-        now = time.monotonic()
-        if force or progress != self._reported or now - self._last_heartbeat >= self.settings.replica_heartbeat_seconds:
-            self.service_state.record_replica(ReplicaProgress(self.replica_id, *progress, time.time()))
-            self._reported, self._last_heartbeat = progress, now
+        with self._report_lock:
+            if force or progress != self._reported:
+                self.service_state.record_replica(ReplicaProgress(self.replica_id, *progress, time.time()))
+                self._reported = progress
+            self._reported_at = time.monotonic()
+
+    def _beat(self) -> None:
+        """Re-records this worker's last reported progress every QSIM_REPLICA_HEARTBEAT_SECONDS, on
+        its own thread: a poll that runs long (following another worker's model switch, catching up
+        a large import) must not make this worker look gone, or writes and switches stop waiting for
+        it while it still answers with what it had. A poll that has not completed for longer than
+        QSIM_MODEL_SWITCH_TIMEOUT_SECONDS (a worker stuck, or failing to follow) stops the beats: the
+        worker then ages out instead of holding every write up."""
+        while not self._stopping.wait(self.settings.replica_heartbeat_seconds):
+            limit = max(self.settings.model_switch_timeout_seconds, self.settings.replica_timeout_seconds)
+            if self._reported is None or time.monotonic() - self._reported_at > limit:
+                continue
+            with self._report_lock, contextlib.suppress(SQLAlchemyError):
+                if not self._stopping.is_set():
+                    self.service_state.record_replica(ReplicaProgress(self.replica_id, *self._reported, time.time()))
 
     def _publish(self, state: SearchState) -> None:
         self._state = state

@@ -238,3 +238,42 @@ def test_an_index_rebuilt_page_by_page_is_served_as_one_segment(settings, first_
         assert index.segment_count == 1
     finally:
         stop(client)
+
+
+def test_a_worker_busy_in_a_long_poll_stays_a_live_replica_until_the_switch_timeout(settings, monkeypatch):
+    """Following another worker's model switch (or catching up a big import) can take longer than
+    QSIM_REPLICA_TIMEOUT_SECONDS: the worker must keep counting as live (writes and switches wait for
+    it), but one stuck past QSIM_MODEL_SWITCH_TIMEOUT_SECONDS ages out instead of holding writes up."""
+    import threading
+
+    settings = settings.model_copy(update={
+        "replica_heartbeat_seconds": 0.05, "replica_timeout_seconds": 0.3, "model_switch_timeout_seconds": 1.5,
+    })
+    client = start_client(settings)
+    applier = client.app.state.runtime.applier
+    busy, release = threading.Event(), threading.Event()
+    real_poll = ChangeApplier.poll
+
+    def long_poll(self):
+        if not release.is_set():
+            busy.set()
+            release.wait(10)
+        return real_poll(self)
+
+    monkeypatch.setattr(ChangeApplier, "poll", long_poll)
+    try:
+        assert busy.wait(5)
+        live = lambda: applier.replica_id in {r.replica_id for r in applier.service_state.live_replicas(0.3)}  # noqa: E731
+        for _ in range(8):  # 0.8 s busy: well past the 0.3 s replica timeout
+            time.sleep(0.1)
+            assert live()
+        time.sleep(1.5)  # past the switch timeout: it ages out
+        assert not live()
+        release.set()
+        deadline = time.monotonic() + 5
+        while not live():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        release.set()
+        stop(client)
