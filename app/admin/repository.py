@@ -82,6 +82,14 @@ class ServiceStateRepository:
             self._database_id = value
         return self._database_id
 
+    def stored_database_id(self, session: Session | Connection) -> str | None:
+        """The id the database holds now (uncached: the applier compares it with the one its index
+        was built for, to notice a database replaced or restored under it)."""
+        return self._get(DATABASE_ID_KEY, session)
+
+    def forget_database_id(self) -> None:
+        self._database_id = None
+
     # ------------------------------------------------------------------ active model
 
     def active_model(self, configured: Path, session: Session | Connection | None = None) -> ActiveModel:

@@ -241,13 +241,34 @@ class ChangeApplier:
             with self.db.reading_rows() as session:  # one small transaction: this runs every applier_poll_ms
                 latest = repository.last_change(session)
                 active = self.service_state.active_model(self.settings.model_dir, session)
+                database_id = self.service_state.stored_database_id(session)
             self._database_revision, self._database_error = latest, None
+            if database_id != self.service_state.database_id():
+                state = self._rebuild(state, "the database was replaced under this worker (its id changed)")
+            elif latest < state.revision:
+                state = self._rebuild(
+                    state, f"the database went back to change {latest}, the index is at {state.revision} "
+                    "(restored from a backup?)",
+                )
             if active.generation != state.generation:
                 state = self._follow(state, active)
             if latest > state.revision:
                 catch_up(self.db, state)
                 self._notify_applied()
         self._report(state)
+
+    def _rebuild(self, state: SearchState, reason: str) -> SearchState:
+        """The index rebuilt from the database as it is now, as a start-up would (a start-up refuses
+        a saved index ahead of the database or made for another one)."""
+        logger.warning("%s: rebuilding the index from the database", reason)
+        self.service_state.forget_database_id()
+        rebuilt = self.builder.build(state.encoder, state.generation)
+        self._report(rebuilt, force=True)
+        catch_up(self.db, rebuilt)
+        self.builder.publish(rebuilt)
+        self._saved_marker = None
+        self._publish(rebuilt)
+        return rebuilt
 
     def _follow(self, state: SearchState, active: ActiveModel) -> SearchState:
         """Another worker switched the model: serve the same one (its saved index when there is one)."""

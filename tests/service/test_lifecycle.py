@@ -277,3 +277,34 @@ def test_a_worker_busy_in_a_long_poll_stays_a_live_replica_until_the_switch_time
     finally:
         release.set()
         stop(client)
+
+
+@pytest.mark.parametrize("how", ["replaced", "restored"])
+def test_a_database_replaced_or_restored_under_a_running_worker_is_noticed_and_the_index_rebuilt(settings, how):
+    """A start-up refuses a saved index made for another database or ahead of this one; a running
+    worker must too, or it serves the old database's questions and claims a revision the new one
+    has not reached (writes would then not wait for it)."""
+    client = start_client(settings)
+    try:
+        items = [{"text": f"question number {i} about my card", "external_id": f"x{i}"} for i in range(5)]
+        stored = client.post("/questions/bulk", json={"questions": items}).json()["items"]
+        gone = stored[0]["id"]
+        assert gone in indexed_ids(client)
+        database = open_database(settings.database_url)
+        with database.writing() as session:  # what the other database holds: no question `gone`, no record of it
+            session.execute(text("DELETE FROM question_changes WHERE question_id = :id"), {"id": gone})
+            session.execute(text("DELETE FROM questions WHERE id = :id"), {"id": gone})
+            if how == "replaced":
+                session.execute(text("UPDATE service_state SET value = 'another-database' WHERE key = 'database_id'"))
+            else:
+                session.execute(text("DELETE FROM question_changes WHERE seq > 1"))
+        database.dispose()
+        deadline = time.monotonic() + 10
+        while gone in indexed_ids(client):
+            assert time.monotonic() < deadline, "the worker still serves the old database's question"
+            time.sleep(0.05)
+        assert indexed_ids(client) == stored_ids(settings)
+        status = client.get("/readyz").json()
+        assert status["status"] == "ready", status
+    finally:
+        stop(client)
