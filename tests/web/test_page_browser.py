@@ -346,3 +346,79 @@ def test_a_service_whose_result_limit_is_below_the_pages_pool_still_answers(chro
     finally:
         context.close()
         service.stop()
+
+
+def test_the_list_is_the_services_answer_even_where_the_pair_distances_would_say_otherwise(desk_page, desk_api):
+    """A question the model cannot read is answered by the stored questions with the same text,
+    whatever min_pairs: the page must list what the service answered, not recount the pairs."""
+    text = "💳🔥😀 ⚡"
+    stored = desk_api.post("/questions", json={"text": text}).json()
+    try:
+        ask(desk_page, text)
+        desk_page.locator("#min-pairs").focus()
+        desk_page.keyboard.press("End")  # 25 of 25 pairs
+        settle(desk_page)
+        threshold, min_pairs = rule_of(desk_page)
+        answer = api_ids(desk_api, text, threshold=threshold, min_pairs=min_pairs)
+        assert stored["id"] in answer and min_pairs == 25
+        assert shown_ids(desk_page) == answer, desk_page.text_content("#status")
+    finally:
+        desk_api.delete(f"/questions/{stored['id']}")
+
+
+def test_a_failed_search_leaves_nothing_of_the_previous_question_on_screen(desk_page, tiny_corpus_rows):
+    assert ask(desk_page, tiny_corpus_rows[4]["text"])
+    desk_page.locator("#results .pick").first.click()
+    assert desk_page.locator("#why-body").is_visible()
+    desk_page.route("**/questions/similar", lambda route: route.fulfill(
+        status=503, content_type="application/json", body='{"detail": "too busy, retry shortly"}'))
+    desk_page.fill("#question", tiny_corpus_rows[7]["text"])
+    desk_page.press("#question", "Enter")
+    settle(desk_page)
+    assert "Could not search: too busy, retry shortly" in desk_page.text_content("#status")
+    assert shown_ids(desk_page) == []
+    assert desk_page.locator("#why-body").is_hidden() and desk_page.locator("#near").is_hidden()
+    assert desk_page.eval_on_selector("#map-overlay", "node => node.childElementCount") == 0
+    desk_page.unroute("**/questions/similar")
+    desk_page.script_errors[:] = [e for e in desk_page.script_errors if "503" not in e]  # the refused search
+
+
+def test_keyboard_focus_stays_on_a_match_and_its_feedback_buttons(desk_page, tiny_corpus_rows):
+    ask(desk_page, tiny_corpus_rows[4]["text"])
+    desk_page.locator("#threshold").focus()
+    desk_page.keyboard.press("End")  # the widest threshold: many matches
+    settle(desk_page)
+    assert len(shown_ids(desk_page)) >= 2
+    focused_item = "() => document.activeElement.closest('li') && document.activeElement.closest('li').dataset.questionId"
+    second = desk_page.locator("#results .pick").nth(1)
+    second.focus()
+    wanted = desk_page.evaluate(focused_item)
+    desk_page.keyboard.press("Enter")  # selects it: the list re-renders
+    assert desk_page.evaluate(focused_item) == wanted
+    assert desk_page.evaluate("() => document.activeElement.classList.contains('pick')")
+    duplicate = desk_page.locator(f'#results li[data-question-id="{wanted}"] [data-feedback="duplicate"]')
+    duplicate.focus()
+    desk_page.keyboard.press("Enter")
+    desk_page.locator(f'#results li[data-question-id="{wanted}"] .feedback-status[data-kind="ok"]').wait_for()
+    assert desk_page.evaluate("() => document.activeElement.dataset.feedback") == "duplicate"
+
+
+def test_answers_keep_their_line_breaks_stored_text_is_isolated_and_long_questions_are_not_cut(
+    desk_page, desk_api, tiny_corpus_rows
+):
+    steps = "1. Open the app.\n2. Tap Cards.\n\n3. Freeze the card."
+    rtl = "my card \u202eis blocked"
+    stored = desk_api.post("/questions", json={"text": rtl, "answer": steps, "external_id": "rtl \u202eid"}).json()
+    try:
+        ask(desk_page, rtl)
+        item = desk_page.locator(f'#results li[data-question-id="{stored["id"]}"]')
+        assert item.locator(".answer").evaluate("node => getComputedStyle(node).whiteSpace") == "pre-line"
+        assert "\u2068rtl \u202eid\u2069" in item.locator(".facts").text_content()  # isolated from the page's words
+        assert desk_page.get_attribute("#question", "maxlength") is None
+        desk_page.fill("#question", "why " * 400)  # 1,600 characters: the service's 422 says so, nothing cut
+        desk_page.press("#question", "Enter")
+        settle(desk_page)
+        assert "at most 1000 characters" in desk_page.text_content("#status")
+        desk_page.script_errors[:] = [e for e in desk_page.script_errors if "422" not in e]  # the refused question
+    finally:
+        desk_api.delete(f"/questions/{stored['id']}")

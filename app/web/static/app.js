@@ -13,6 +13,11 @@
   const NEAR_MISSES = 3;
   const SOURCE = "desk-page";
   const SVG = "http://www.w3.org/2000/svg";
+  // The service searches a threshold below this at this (identical codes differ by rounding).
+  const IDENTICAL_CODES = 1e-9;
+  // Stored text inside the page's own sentences, isolated: a right-to-left override in it must not
+  // turn the rest of the sentence around.
+  const iso = (text) => `\u2068${text}\u2069`;
 
   const $ = (id) => document.getElementById(id);
   const el = (tag, attrs = {}, ...children) => {
@@ -45,6 +50,7 @@
     showAll: false,
     zoom: false, // the map shows the neighbourhood of the question instead of every point
     only: null, // ids the service restricted the answer to (see confirmWithService), else null
+    answered: null, // the service's answer for the rule it was asked at: {t, m, order, pairs}
     reason: null, // the service's reason_detail for such an answer
     seq: 0, // one per question asked: answers to an older one are dropped
     ruleSeq: 0, // one per slider move: checks of an older rule are dropped
@@ -85,18 +91,31 @@
 
   // ------------------------------------------------------------------ the rule
 
+  const isWithin = (d, t) => d <= Math.max(t, IDENTICAL_CODES);
+
   function pairsWithin(candidate, t) {
     let count = 0;
-    for (const row of candidate.distances) for (const d of row) if (d <= t) count += 1;
+    for (const row of candidate.distances) for (const d of row) if (isWithin(d, t)) count += 1;
     return count;
   }
 
-  // The service's order: closest pair first, then more pairs within t, then id.
+  // Once the service has answered at the rule shown, its list is what matches, in its order; while
+  // a slider moves (no answer for that rule yet) the page predicts from the pair distances, in the
+  // service's order: closest pair first, then more pairs within t, then id.
   function ranked() {
     const all = [...state.pool.values()]
       .filter((c) => !state.only || state.only.has(c.id))
       .map((c) => ({ c, within: pairsWithin(c, state.t) }));
     all.sort((a, b) => a.c.distance - b.c.distance || b.within - a.within || a.c.id - b.c.id);
+    const answered = state.answered;
+    if (answered && answered.t === state.t && answered.m === state.m) {
+      const listed = new Set(answered.order);
+      return {
+        accepted: answered.order.filter((id) => state.pool.has(id))
+          .map((id) => ({ c: state.pool.get(id), within: answered.pairs.get(id) })),
+        rejected: all.filter((x) => !listed.has(x.c.id) && x.within < state.m),
+      };
+    }
     return {
       accepted: all.filter((x) => x.within >= state.m),
       rejected: all.filter((x) => x.within < state.m),
@@ -182,6 +201,7 @@
       state.selected = null;
       state.showAll = false;
       state.only = null;
+      state.answered = null;
       fitThreshold(Math.max(0, ...explained.results.map((r) => r.distance)));
       await confirmWithService(seq);
       if (seq !== state.seq) return;
@@ -189,7 +209,10 @@
       state.selected = accepted.length ? accepted[0].c.id : null;
       render();
     } catch (error) {
-      if (seq === state.seq) setStatus(`Could not search: ${error.message}`, "error");
+      if (seq === state.seq) {
+        clearAnswer();
+        setStatus(`Could not search: ${error.message}`, "error");
+      }
     } finally {
       if (seq === state.seq) {
         $("ask-button").disabled = false;
@@ -198,13 +221,35 @@
     }
   }
 
+  // Nothing from an earlier question stays on screen once asking another one failed.
+  function clearAnswer() {
+    state.query = null;
+    state.pool = new Map();
+    state.answered = null;
+    state.only = null;
+    state.reason = null;
+    state.selected = null;
+    for (const item of state.items.values()) item.remove();
+    state.items.clear();
+    $("near-misses").replaceChildren();
+    $("near").hidden = true;
+    $("show-all").hidden = true;
+    renderWhy();
+    renderOverlay([]);
+  }
+
   // The service's own answer at the current rule; matches the pool lacked are explained and added.
   async function confirmWithService(seq) {
     if (!state.query) return;
+    const t = state.t;
+    const m = state.m;
     const answer = await api("POST", "/questions/similar", {
-      question: state.query.text, limit: state.query.limit, threshold: state.t, min_pairs: state.m,
+      question: state.query.text, limit: state.query.limit, threshold: t, min_pairs: m,
     });
     if (seq !== state.seq) return;
+    state.answered = {
+      t, m, order: answer.results.map((r) => r.id), pairs: new Map(answer.results.map((r) => [r.id, r.pairs_within])),
+    };
     // A question the model cannot read (reason "low_coverage") is answered by identical texts only:
     // then the service's list, not the pair distances, says what matches.
     state.reason = answer.reason ? answer.reason_detail || answer.reason : null;
@@ -254,7 +299,7 @@
       setStatus("No stored question matches.", "empty");
     } else if (rejected.length) {
       const nearest = rejected[0];
-      setStatus(`No stored question matches at ${rule}. The nearest, “${nearest.c.text}”, is at distance ${fmt(nearest.c.distance)} with ${nearest.within} pairs within t.`, "empty");
+      setStatus(`No stored question matches at ${rule}. The nearest, “${iso(nearest.c.text)}”, is at distance ${fmt(nearest.c.distance)} with ${nearest.within} pairs within t.`, "empty");
     } else {
       setStatus("No stored questions yet: there is nothing to match.", "empty");
     }
@@ -281,16 +326,17 @@
       item.querySelector(".facts").textContent = facts(c, within);
       item.classList.toggle("selected", state.selected === c.id);
       item.querySelector(".pick").setAttribute("aria-pressed", String(state.selected === c.id));
-      list.append(item); // moves it into rank order
+      // Into rank order, moving only what is out of place: a moved node loses the keyboard focus.
+      if (list.children[rank] !== item) list.insertBefore(item, list.children[rank] || null);
     });
   }
 
   function facts(c, within) {
     const parts = [`distance ${fmt(c.distance)}`, `${within} of ${state.rule.pairs} pairs within t`, `id ${c.id}`];
-    if (c.external_id) parts.push(`external id ${c.external_id}`);
+    if (c.external_id) parts.push(`external id ${iso(c.external_id)}`);
     if (c.metadata) {
       for (const [key, value] of Object.entries(c.metadata).slice(0, 3)) {
-        if (value !== null && typeof value !== "object") parts.push(`${key}: ${value}`);
+        if (value !== null && typeof value !== "object") parts.push(`${iso(key)}: ${iso(value)}`);
       }
     }
     return parts.join(" · ");
@@ -323,7 +369,10 @@
     const status = item.querySelector(".feedback-status");
     const buttons = item.querySelectorAll("[data-feedback]");
     const question = state.query.text;
-    buttons.forEach((b) => { b.disabled = true; });
+    if (item.dataset.saving === "true") return;
+    // Marked busy, not disabled: a disabled button drops the keyboard focus.
+    item.dataset.saving = "true";
+    buttons.forEach((b) => b.setAttribute("aria-disabled", "true"));
     status.textContent = "Saving…";
     status.dataset.kind = "busy";
     try {
@@ -337,7 +386,8 @@
         : `Not saved: ${error.message}`;
       status.dataset.kind = "error";
     } finally {
-      buttons.forEach((b) => { b.disabled = false; });
+      item.dataset.saving = "false";
+      buttons.forEach((b) => b.removeAttribute("aria-disabled"));
     }
   }
 
@@ -352,6 +402,7 @@
   function renderNearMisses(rejected) {
     const box = $("near");
     const list = $("near-misses");
+    const focused = list.contains(document.activeElement) ? document.activeElement.closest("li")?.dataset.candidateId : null;
     list.replaceChildren(
       ...rejected.map(({ c, within }) => el(
         "li", { "data-candidate-id": String(c.id), class: state.selected === c.id ? "selected" : "" },
@@ -361,6 +412,7 @@
       )),
     );
     box.hidden = rejected.length === 0;
+    if (focused) list.querySelector(`li[data-candidate-id="${focused}"] .pick`)?.focus({ preventScroll: true });
   }
 
   function select(id) {
@@ -387,8 +439,8 @@
     const k = c.distances.length;
     const within = pairsWithin(c, t);
     $("why-question").replaceChildren(
-      el("span", { class: "muted", text: "Asked: " }), state.query.text, el("br"),
-      el("span", { class: "muted", text: "Stored: " }), c.text,
+      el("span", { class: "muted", text: "Asked: " }), el("bdi", { text: state.query.text }), el("br"),
+      el("span", { class: "muted", text: "Stored: " }), el("bdi", { text: c.text }),
     );
     const table = $("pair-grid");
     const head = el("tr", {}, el("th", { scope: "col", class: "corner", text: "query ↓ / stored →" }));
@@ -396,7 +448,7 @@
     const body = c.distances.map((row, i) => el(
       "tr", {}, el("th", { scope: "row", text: `q${i + 1}` }),
       ...row.map((d, j) => {
-        const inside = d <= t;
+        const inside = isWithin(d, t);
         const cell = el("td", { class: inside ? "within" : "beyond", title: `query code ${i + 1}, stored code ${j + 1}: ${d}` },
           `${fmt(d)}${inside ? " ✓" : ""}`);
         cell.style.backgroundColor = cellColour(d, t);
