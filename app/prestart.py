@@ -27,20 +27,36 @@ class DatabaseUnavailable(RuntimeError):
     pass
 
 
+# What the server says when waiting cannot help: the database, the user or the password is wrong.
+PERMANENT_ERRORS = ("does not exist", "password authentication failed", "no pg_hba.conf entry",
+                    "unable to open database file", "authentication failed")
+
+
+def _reason(error: SQLAlchemyError) -> str:
+    """The driver's own first line (e.g. 'FATAL: database "desk" does not exist'), which names the
+    cause; SQLAlchemy's class name alone does not."""
+    original = getattr(error, "orig", None)
+    lines = [line.strip() for line in str(original if original is not None else error).splitlines() if line.strip()]
+    return f"{error.__class__.__name__}: {lines[0]}" if lines else error.__class__.__name__
+
+
 def wait_for_database(database: Database, timeout_seconds: float) -> None:
     deadline = time.monotonic() + timeout_seconds
     delay = 0.25
+    where = database.engine.url.render_as_string(hide_password=True)
     while True:
         try:
             database.ping()
             return
         except SQLAlchemyError as error:
+            reason = _reason(error)
+            if any(marker in reason for marker in PERMANENT_ERRORS):
+                raise DatabaseUnavailable(f"database at {where} refused the connection: {reason}") from None
             if time.monotonic() >= deadline:
                 raise DatabaseUnavailable(
-                    f"database at {database.engine.url.render_as_string(hide_password=True)} did not answer "
-                    f"within {timeout_seconds:.0f} s: {error.__class__.__name__}"
+                    f"database at {where} did not answer within {timeout_seconds:.0f} s: {reason}"
                 ) from None
-            logger.info("waiting for the database (%s)", error.__class__.__name__)
+            logger.info("waiting for the database (%s)", reason)
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
 

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from app.cli import command
+from app.cli import CommandError, command
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
@@ -30,12 +30,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     configure_logging(settings.log_level)
+    _warn_unknown_variables(os.environ)
+    _preflight(settings)
     if not args.no_prestart:
         try:
             prestart(settings)
         except DatabaseUnavailable as error:
-            print(f"qsim serve: {error}")
-            return 1
+            raise CommandError(str(error)) from None
     workers = args.workers or settings.workers
     if workers > 1:
         _share_metrics_between_workers(settings.metrics_dir)
@@ -51,6 +52,57 @@ def _serve(args: argparse.Namespace) -> int:
         proxy_headers=True,
     )
     return 0
+
+
+# QSIM_ variables that are not settings: the test suite's own switches, and docker-compose.yml's
+# (read by compose on the host, never by the service).
+TOOL_VARIABLES = {
+    "QSIM_LONG_TESTS", "QSIM_CHROMIUM", "QSIM_TEST_POSTGRES_URL",
+    "QSIM_VERSION", "QSIM_MODEL", "QSIM_PUBLISH_PORT", "QSIM_GPU_PUBLISH_PORT", "QSIM_MILVUS_PUBLISH_PORT",
+}
+
+
+def _warn_unknown_variables(environ) -> list[str]:
+    """A mistyped QSIM_ variable (QSIM_WORKER=2) would be ignored without a word: name it, and the
+    setting it was probably meant to be. Returns the warnings."""
+    import difflib
+    import logging
+
+    from app.core.config import Settings
+
+    known = {f"QSIM_{name.upper()}" for name in Settings.model_fields}
+    warnings = []
+    for name in sorted(key for key in environ if key.startswith("QSIM_") and key not in known | TOOL_VARIABLES):
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.7)
+        warnings.append(f"{name} is not a qsim setting and is ignored" + (f" (did you mean {close[0]}?)" if close else ""))
+    for warning in warnings:
+        logging.getLogger("app.server").warning(warning)
+    return warnings
+
+
+def _preflight(settings) -> None:
+    """What would otherwise fail inside uvicorn's start-up as a long traceback: the model directory
+    and the device, checked first and named in one line."""
+    from app.model.artifact import ArtifactError, read_config
+
+    try:
+        read_config(settings.model_dir)
+    except ArtifactError as error:
+        raise CommandError(f"QSIM_MODEL_DIR={settings.model_dir}: {error}") from None
+    if settings.device == "cuda":
+        import torch
+
+        from app.search.accelerator import resolve_device
+
+        if not torch.cuda.is_available():
+            raise CommandError(
+                "QSIM_DEVICE=cuda but torch sees no GPU (a CUDA build of torch and a visible GPU are needed); "
+                "use QSIM_DEVICE=auto or cpu to run on the CPU"
+            )
+        try:
+            resolve_device("cuda")
+        except ValueError as error:
+            raise CommandError(f"QSIM_DEVICE=cuda: {error}") from None
 
 
 def _share_metrics_between_workers(directory: Path) -> None:

@@ -19,7 +19,7 @@ class Settings(BaseSettings):
         "development",
         description="production refuses to start without an admin token and never fills an empty database",
     )
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL")
 
     # Storage
     database_url: str = Field(
@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     )
     index_dir: Path = Field(PROJECT_ROOT / "var" / "index", description="where the index is saved between runs")
     index_save_interval_seconds: float = Field(
-        60.0, description="save the index in the background this often when it changed (0: only at shutdown)"
+        60.0, ge=0, description="save the index in the background this often when it changed (0: only at shutdown)"
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where the FAISS index (and encoder) run; auto = GPU when FAISS sees one"
@@ -141,6 +141,14 @@ class Settings(BaseSettings):
         3000, ge=10, le=100_000,
         description="GET /questions/map projects at most this many questions (a fixed sample of larger collections)",
     )
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, level: str) -> str:
+        level = level.strip().upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(f"unknown log level {level!r}: choose DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
 
     @field_validator("admin_token")
     @classmethod

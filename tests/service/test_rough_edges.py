@@ -233,3 +233,50 @@ def test_a_production_start_without_a_token_is_one_line(fresh_env, monkeypatch, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "QSIM_ADMIN_TOKEN must be set when QSIM_ENV=production" in err
     assert "Traceback" not in err and "pydantic" not in err
+
+
+def test_serve_names_a_missing_model_dir_or_an_absent_gpu_in_one_line_before_starting(fresh_env, monkeypatch, tmp_path, capsys):
+    import torch
+
+    monkeypatch.setenv("QSIM_MODEL_DIR", str(tmp_path / "no-such-model"))
+    get_settings.cache_clear()
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"QSIM_MODEL_DIR={tmp_path / 'no-such-model'}: model artifact" in err, err
+    if not torch.cuda.is_available():
+        monkeypatch.delenv("QSIM_MODEL_DIR")
+        monkeypatch.setenv("QSIM_DEVICE", "cuda")
+        get_settings.cache_clear()
+        assert main(["serve"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "QSIM_DEVICE=cuda but torch sees no GPU" in err, err
+    get_settings.cache_clear()
+
+
+def test_a_database_that_does_not_exist_is_said_at_once_not_waited_for(monkeypatch, capsys):
+    from sqlalchemy.engine import make_url
+
+    from tests.service_fixtures import POSTGRES_SERVER_URL, postgres_available
+
+    unavailable = postgres_available()
+    if unavailable:
+        pytest.skip(unavailable)
+    missing = make_url(POSTGRES_SERVER_URL).set(database="qsim_no_such_database")
+    monkeypatch.setenv("QSIM_DATABASE_URL", missing.render_as_string(hide_password=False))
+    monkeypatch.setenv("QSIM_DATABASE_WAIT_SECONDS", "60")
+    get_settings.cache_clear()
+    try:
+        started = time.monotonic()
+        assert main(["serve"]) == 2
+        assert time.monotonic() - started < 20
+        err = capsys.readouterr().err
+        assert 'database "qsim_no_such_database" does not exist' in err and err.count("\n") == 1, err
+    finally:
+        get_settings.cache_clear()
+
+
+def test_a_mistyped_variable_is_named_with_the_setting_it_was_probably_meant_to_be():
+    from app.server import _warn_unknown_variables
+
+    said = _warn_unknown_variables({"QSIM_WORKER": "2", "QSIM_PORT": "8000", "QSIM_LONG_TESTS": "1", "PATH": "/bin"})
+    assert said == ["QSIM_WORKER is not a qsim setting and is ignored (did you mean QSIM_WORKERS?)"]

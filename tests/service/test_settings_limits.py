@@ -186,6 +186,8 @@ def test_the_api_documentation_names_the_settings(client):
         ("QSIM_BATCH_MAX_SIZE", "0", "QSIM_BATCH_MAX_SIZE: Input should be greater than or equal to 1"),
         ("QSIM_DATABASE_TIMEOUT_SECONDS", "-1", "QSIM_DATABASE_TIMEOUT_SECONDS: Input should be greater than 0"),
         ("QSIM_CORS_ORIGINS", "http://a.example", "QSIM_CORS_ORIGINS must be JSON"),
+        ("QSIM_LOG_LEVEL", "verbose", "QSIM_LOG_LEVEL: unknown log level 'VERBOSE'"),
+        ("QSIM_INDEX_SAVE_INTERVAL_SECONDS", "-1", "QSIM_INDEX_SAVE_INTERVAL_SECONDS: Input should be greater than or equal to 0"),
     ],
 )
 def test_a_bad_environment_value_stops_the_start_with_one_line_naming_the_variable(monkeypatch, capsys, variable, value, said):
