@@ -5,6 +5,7 @@ feedback and cluster services, and the job manager."""
 from __future__ import annotations
 
 import logging
+import threading
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -34,8 +35,10 @@ class Runtime:
         self.service_state = ServiceStateRepository(self.db)
         self.models = ModelRegistry(settings, self.service_state)
         self.builder = StateBuilder(self.db, settings, self.service_state)
+        self._gauges_lock = threading.Lock()
         self.applier = ChangeApplier(
-            self.db, settings, self.builder, self.service_state, on_lagging_write=metrics.lagging_writes.inc
+            self.db, settings, self.builder, self.service_state, on_lagging_write=metrics.lagging_writes.inc,
+            on_heartbeat=self.update_gauges,
         )
         self.searches = SearchService(
             lambda: self.applier.state,
@@ -127,6 +130,17 @@ class Runtime:
         }
 
     def metrics_exposition(self) -> bytes:
+        self.update_gauges()
+        self.metrics.search_queue_depth.set(self.searches.depth)
+        return self.metrics.exposition()
+
+    def update_gauges(self) -> None:
+        """This worker's index gauges; run by its replica heartbeat as well as by a scrape, so that
+        with several workers (each scrape answered by one of them) every worker's series is current."""
+        with self._gauges_lock:
+            self._update_gauges()
+
+    def _update_gauges(self) -> None:
         status = self.applier.status()
         if status["loaded"]:
             self.metrics.index_questions.set(status["questions"])
@@ -138,11 +152,8 @@ class Runtime:
                 self.metrics.model_info.labels(*self._model_labels).set(0)
             self.metrics.model_info.labels(*serving).set(1)
             self._model_labels = serving
-        self.metrics.index_backend.clear()
-        self.metrics.index_backend.labels(self.settings.index_backend).set(1)
+        self.metrics.index_backend.labels(self.settings.index_backend).set(1)  # fixed for the process
         counters = getattr(self.applier.state.index, "counters", None) if status["loaded"] else None
         if counters is not None:
             for name, value in counters.as_dict().items():
                 self.metrics.milvus_events.labels(name).set(value)
-        self.metrics.search_queue_depth.set(self.searches.depth)
-        return self.metrics.exposition()

@@ -16,8 +16,34 @@ MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
+def forget_dead_workers(directory: str) -> list[int]:
+    """Removes the per-worker gauge files of worker processes that no longer run (a worker killed
+    and respawned by uvicorn left its `liveall` series in every scrape). Returns their pids."""
+    import re
+    from pathlib import Path
+
+    dead = set()
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        match = re.search(r"_(\d+)\.db$", path.name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            dead.add(pid)
+        except PermissionError:  # alive, another user's
+            pass
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, directory)
+    return sorted(dead)
+
+
 class Metrics:
     def __init__(self) -> None:
+        directory = os.environ.get(MULTIPROCESS_ENV)
+        if directory:
+            forget_dead_workers(directory)
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(

@@ -66,6 +66,7 @@ class ChangeApplier:
         builder: StateBuilder,
         service_state: ServiceStateRepository,
         on_lagging_write: Callable[[], None] | None = None,
+        on_heartbeat: Callable[[], None] | None = None,
     ):
         self.db = database
         self.settings = settings
@@ -74,6 +75,7 @@ class ChangeApplier:
         self.replica_id = uuid.uuid4().hex
         self.load_error: str | None = None
         self._on_lagging_write = on_lagging_write or (lambda: None)
+        self._on_heartbeat = on_heartbeat or (lambda: None)
         self._state: SearchState | None = None
         self._live = threading.Event()
         self._write_lock = threading.RLock()  # every change of the live state holds it
@@ -302,6 +304,10 @@ class ChangeApplier:
         QSIM_MODEL_SWITCH_TIMEOUT_SECONDS (a worker stuck, or failing to follow) stops the beats: the
         worker then ages out instead of holding every write up."""
         while not self._stopping.wait(self.settings.replica_heartbeat_seconds):
+            try:
+                self._on_heartbeat()
+            except Exception:  # a metrics hiccup must not stop the beats
+                logger.exception("updating the metrics on the heartbeat failed")
             limit = max(self.settings.model_switch_timeout_seconds, self.settings.replica_timeout_seconds)
             if self._reported is None or time.monotonic() - self._reported_at > limit:
                 continue

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 from fastapi.testclient import TestClient
 
 from app.main import create_app
@@ -44,3 +47,40 @@ def test_metrics_count_requests_per_route_and_describe_the_index(client, stored,
     assert f"qsim_index_questions {float(len(stored))}" in text
     assert f'qsim_model_info{{model_id="{tiny_encoder.model_id}",name="tiny"}} 1.0' in text
     assert "qsim_search_batch_size_count" in text
+
+
+def test_each_workers_index_gauges_follow_its_heartbeat_not_only_a_scrape(settings):
+    """With several workers a scrape is answered by one of them: the others' gauges must be kept
+    current by themselves."""
+    from app.core.db import open_database
+    from app.questions.importer import import_questions
+    from app.questions.repository import NewQuestion
+    from tests.service_fixtures import start_client
+
+    client = start_client(settings.model_copy(update={"replica_heartbeat_seconds": 0.05}))
+    try:
+        registry = client.app.state.runtime.metrics.registry
+        before = registry.get_sample_value("qsim_index_questions")
+        database = open_database(settings.database_url)  # another process's write (qsim import)
+        import_questions(database, [NewQuestion(text="written elsewhere about my card")])
+        database.dispose()
+        deadline = time.monotonic() + 10
+        while registry.get_sample_value("qsim_index_questions") != (before or 0) + 1:
+            assert time.monotonic() < deadline, registry.get_sample_value("qsim_index_questions")
+            time.sleep(0.05)
+    finally:
+        client.__exit__(None, None, None)
+
+
+def test_a_dead_workers_gauges_leave_the_shared_metrics(tmp_path, monkeypatch):
+    from app.core.metrics import MULTIPROCESS_ENV, Metrics
+
+    dead_pid = 2**22 + 12345  # above any pid this machine hands out
+    (tmp_path / f"gauge_liveall_{dead_pid}.db").write_bytes(b"")
+    (tmp_path / f"gauge_livesum_{dead_pid}.db").write_bytes(b"")
+    alive = tmp_path / f"gauge_liveall_{os.getpid()}.db"
+    alive.write_bytes(b"")
+    (tmp_path / f"counter_{dead_pid}.db").write_bytes(b"")  # counters add up across restarts: kept
+    monkeypatch.setenv(MULTIPROCESS_ENV, str(tmp_path))
+    Metrics()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, f"counter_{dead_pid}.db"])
