@@ -41,32 +41,25 @@ def squared_distances(queries: np.ndarray, samples: np.ndarray) -> np.ndarray:
     return out
 
 
-def _ids_per_query(rows: np.ndarray, queries: int) -> np.ndarray:
-    return np.ascontiguousarray(np.broadcast_to(np.asarray(rows, dtype=np.int64), (queries, len(rows))))
+def _at_rows(kernel, queries: np.ndarray, vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(m, r) float32: kernel(queries[i], vectors[rows[j]]) by one FAISS *_by_idx call."""
+    out = np.empty((len(queries), len(rows)), dtype=np.float32)
+    if len(rows):
+        ids = np.ascontiguousarray(np.broadcast_to(np.asarray(rows, dtype=np.int64), (len(queries), len(rows))))
+        kernel(swig_ptr(out), swig_ptr(queries), swig_ptr(vectors), swig_ptr(ids), vectors.shape[1], len(queries), len(rows))
+    return out
 
 
 def squared_distances_at(queries: np.ndarray, vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """queries (m, D) float32 C-contiguous, vectors (n, D) float32 C-contiguous, rows (r,) ->
     (m, r) float32 squared L2 to vectors[rows], read in place by one FAISS call (scattered rows:
     one call per run of rows, or a gathered copy, cost more)."""
-    out = np.empty((len(queries), len(rows)), dtype=np.float32)
-    if len(rows):
-        ids = _ids_per_query(rows, len(queries))
-        faiss.fvec_L2sqr_by_idx(
-            swig_ptr(out), swig_ptr(queries), swig_ptr(vectors), swig_ptr(ids), vectors.shape[1], len(queries), len(rows)
-        )
-    return out
+    return _at_rows(faiss.fvec_L2sqr_by_idx, queries, vectors, rows)
 
 
 def inner_products_at(queries: np.ndarray, vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """The same for inner products: (m, r) float32 queries[i] . vectors[rows[j]]."""
-    out = np.empty((len(queries), len(rows)), dtype=np.float32)
-    if len(rows):
-        ids = _ids_per_query(rows, len(queries))
-        faiss.fvec_inner_products_by_idx(
-            swig_ptr(out), swig_ptr(queries), swig_ptr(vectors), swig_ptr(ids), vectors.shape[1], len(queries), len(rows)
-        )
-    return out
+    return _at_rows(faiss.fvec_inner_products_by_idx, queries, vectors, rows)
 
 
 @contextmanager
