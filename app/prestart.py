@@ -73,8 +73,7 @@ def seed_if_new(settings: Settings, database: Database) -> int:
         logger.warning("seed corpus %s not found; starting with an empty database", settings.seed_corpus)
         return 0
     questions = read_questions(
-        settings.seed_corpus, settings.seed_text_column, metadata_columns=tuple(settings.seed_metadata_columns),
-        max_question_chars=settings.max_question_chars,
+        settings.seed_corpus, settings.seed_text_column, metadata_columns=tuple(settings.seed_metadata_columns)
     )
     report = import_questions(database, questions)
     logger.info("filled the empty database with %d questions from %s", report.created, settings.seed_corpus)

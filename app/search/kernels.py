@@ -1,7 +1,7 @@
 """The float32 distance kernel used to read blocks: FAISS's SIMD `fvec_L2sqr_ny` on numpy views.
 
-It reads the stored samples in place (no copy, no index object), runs single-threaded without an
-OpenMP region (cheap for the small blocks a pruned search reads) and releases the GIL, so
+It reads the stored samples in place (no copy, no index object), runs single-threaded (the
+by-index kernels within `single_threaded_faiss`) (cheap for the small blocks a pruned search reads) and releases the GIL, so
 concurrent searches use both cores.
 """
 
@@ -42,11 +42,15 @@ def squared_distances(queries: np.ndarray, samples: np.ndarray) -> np.ndarray:
 
 
 def _at_rows(kernel, queries: np.ndarray, vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """(m, r) float32: kernel(queries[i], vectors[rows[j]]) by one FAISS *_by_idx call."""
+    """(m, r) float32: kernel(queries[i], vectors[rows[j]]) by one FAISS *_by_idx call, on one
+    OpenMP thread: these kernels open a parallel region over the queries (fvec_L2sqr_ny does not),
+    which on a loaded 2-core machine made searches several times slower."""
     out = np.empty((len(queries), len(rows)), dtype=np.float32)
     if len(rows):
         ids = np.ascontiguousarray(np.broadcast_to(np.asarray(rows, dtype=np.int64), (len(queries), len(rows))))
-        kernel(swig_ptr(out), swig_ptr(queries), swig_ptr(vectors), swig_ptr(ids), vectors.shape[1], len(queries), len(rows))
+        with single_threaded_faiss():
+            kernel(swig_ptr(out), swig_ptr(queries), swig_ptr(vectors), swig_ptr(ids), vectors.shape[1], len(queries),
+                   len(rows))
     return out
 
 

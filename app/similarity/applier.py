@@ -247,7 +247,9 @@ class ChangeApplier:
             self._database_revision, self._database_error = latest, None
             if database_id != self.service_state.database_id():
                 state = self._rebuild(state, "the database was replaced under this worker (its id changed)")
-            elif latest < state.revision:
+            elif latest < state.revision and self.builder.backend == "faiss":
+                # (A Milvus index is shared: another replica may have applied a change this poll's
+                # read of the log predates, so there the id alone says the database changed.)
                 state = self._rebuild(
                     state, f"the database went back to change {latest}, the index is at {state.revision} "
                     "(restored from a backup?)",
@@ -264,10 +266,22 @@ class ChangeApplier:
         a saved index ahead of the database or made for another one)."""
         logger.warning("%s: rebuilding the index from the database", reason)
         self.service_state.forget_database_id()
-        rebuilt = self.builder.build(state.encoder, state.generation)
+        self.service_state.database_id()  # a database without an id gets one now, not at the next poll
+        # Behind until rebuilt: writes wait for this worker (the beats keep that fresh) rather than
+        # take its old revision for the new database's.
+        with self._report_lock:
+            self.service_state.record_replica(ReplicaProgress(self.replica_id, 0, state.generation, time.time()))
+            self._reported, self._reported_at = (0, state.generation), time.monotonic()
+        # Milvus: a replica that noticed first built the new database's collection; the others open it.
+        rebuilt = self.builder.load_saved(state.encoder, state.generation) if self.builder.backend == "milvus" else None
+        built = rebuilt is None
+        if built:
+            rebuilt = self.builder.build(state.encoder, state.generation)
+            self.builder.publish(rebuilt)
         self._report(rebuilt, force=True)
         catch_up(self.db, rebuilt)
-        self.builder.publish(rebuilt)
+        if not built:
+            reconcile(rebuilt)
         self._saved_marker = None
         self._publish(rebuilt)
         return rebuilt
@@ -304,16 +318,15 @@ class ChangeApplier:
         QSIM_MODEL_SWITCH_TIMEOUT_SECONDS (a worker stuck, or failing to follow) stops the beats: the
         worker then ages out instead of holding every write up."""
         while not self._stopping.wait(self.settings.replica_heartbeat_seconds):
-            try:
-                self._on_heartbeat()
-            except Exception:  # a metrics hiccup must not stop the beats
-                logger.exception("updating the metrics on the heartbeat failed")
             limit = max(self.settings.model_switch_timeout_seconds, self.settings.replica_timeout_seconds)
-            if self._reported is None or time.monotonic() - self._reported_at > limit:
-                continue
-            with self._report_lock, contextlib.suppress(SQLAlchemyError):
-                if not self._stopping.is_set():
-                    self.service_state.record_replica(ReplicaProgress(self.replica_id, *self._reported, time.time()))
+            if self._reported is not None and time.monotonic() - self._reported_at <= limit:
+                with self._report_lock, contextlib.suppress(SQLAlchemyError):
+                    if not self._stopping.is_set():
+                        self.service_state.record_replica(ReplicaProgress(self.replica_id, *self._reported, time.time()))
+            try:
+                self._on_heartbeat()  # after the beat: a slow metrics read must not delay it
+            except Exception:
+                logger.exception("updating the metrics on the heartbeat failed")
 
     def _publish(self, state: SearchState) -> None:
         self._state = state

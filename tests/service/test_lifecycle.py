@@ -247,7 +247,7 @@ def test_a_worker_busy_in_a_long_poll_stays_a_live_replica_until_the_switch_time
     import threading
 
     settings = settings.model_copy(update={
-        "replica_heartbeat_seconds": 0.05, "replica_timeout_seconds": 0.3, "model_switch_timeout_seconds": 1.5,
+        "replica_heartbeat_seconds": 0.1, "replica_timeout_seconds": 1.0, "model_switch_timeout_seconds": 4.0,
     })
     client = start_client(settings)
     applier = client.app.state.runtime.applier
@@ -263,12 +263,16 @@ def test_a_worker_busy_in_a_long_poll_stays_a_live_replica_until_the_switch_time
     monkeypatch.setattr(ChangeApplier, "poll", long_poll)
     try:
         assert busy.wait(5)
-        live = lambda: applier.replica_id in {r.replica_id for r in applier.service_state.live_replicas(0.3)}  # noqa: E731
-        for _ in range(8):  # 0.8 s busy: well past the 0.3 s replica timeout
-            time.sleep(0.1)
+        began = time.monotonic()
+        live = lambda: applier.replica_id in {r.replica_id for r in applier.service_state.live_replicas(1.0)}  # noqa: E731
+        while time.monotonic() - began < 2.5:  # well past the 1 s replica timeout
             assert live()
-        time.sleep(1.5)  # past the switch timeout: it ages out
-        assert not live()
+            time.sleep(0.25)
+        deadline = time.monotonic() + 15
+        while live():  # past the 4 s switch timeout it stops beating and ages out
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert time.monotonic() - began > 4.0
         release.set()
         deadline = time.monotonic() + 5
         while not live():
@@ -279,12 +283,27 @@ def test_a_worker_busy_in_a_long_poll_stays_a_live_replica_until_the_switch_time
         stop(client)
 
 
-@pytest.mark.parametrize("how", ["replaced", "restored"])
-def test_a_database_replaced_or_restored_under_a_running_worker_is_noticed_and_the_index_rebuilt(settings, how):
+@pytest.mark.parametrize("how", ["replaced", "restored", "without an id"])
+def test_a_database_replaced_or_restored_under_a_running_worker_is_noticed_and_the_index_rebuilt(
+    settings, monkeypatch, how
+):
     """A start-up refuses a saved index made for another database or ahead of this one; a running
     worker must too, or it serves the old database's questions and claims a revision the new one
-    has not reached (writes would then not wait for it)."""
+    has not reached (writes would then not wait for it). While it rebuilds it reports itself
+    behind, and it rebuilds once."""
     client = start_client(settings)
+    applier = client.app.state.runtime.applier
+    builds, reported_while_building = [], []
+    real_build = StateBuilder.build
+
+    def watched_build(self, *args, **kwargs):
+        builds.append(1)
+        reported_while_building.extend(
+            r.revision for r in applier.service_state.live_replicas(60) if r.replica_id == applier.replica_id
+        )
+        return real_build(self, *args, **kwargs)
+
+    monkeypatch.setattr(StateBuilder, "build", watched_build)
     try:
         items = [{"text": f"question number {i} about my card", "external_id": f"x{i}"} for i in range(5)]
         stored = client.post("/questions/bulk", json={"questions": items}).json()["items"]
@@ -296,8 +315,10 @@ def test_a_database_replaced_or_restored_under_a_running_worker_is_noticed_and_t
             session.execute(text("DELETE FROM questions WHERE id = :id"), {"id": gone})
             if how == "replaced":
                 session.execute(text("UPDATE service_state SET value = 'another-database' WHERE key = 'database_id'"))
-            else:
+            elif how == "restored":
                 session.execute(text("DELETE FROM question_changes WHERE seq > 1"))
+            else:
+                session.execute(text("DELETE FROM service_state WHERE key = 'database_id'"))
         database.dispose()
         deadline = time.monotonic() + 10
         while gone in indexed_ids(client):
@@ -306,5 +327,7 @@ def test_a_database_replaced_or_restored_under_a_running_worker_is_noticed_and_t
         assert indexed_ids(client) == stored_ids(settings)
         status = client.get("/readyz").json()
         assert status["status"] == "ready", status
+        time.sleep(0.5)  # several more polls
+        assert builds == [1] and reported_while_building == [0]
     finally:
         stop(client)

@@ -50,7 +50,7 @@
     showAll: false,
     zoom: false, // the map shows the neighbourhood of the question instead of every point
     only: null, // ids the service restricted the answer to (see confirmWithService), else null
-    answered: null, // the service's answer for the rule it was asked at: {t, m, order, pairs}
+    answers: new Map(), // "t|m" -> the service's answer at that rule: {order, pairs}
     reason: null, // the service's reason_detail for such an answer
     seq: 0, // one per question asked: answers to an older one are dropped
     ruleSeq: 0, // one per slider move: checks of an older rule are dropped
@@ -107,8 +107,8 @@
       .filter((c) => !state.only || state.only.has(c.id))
       .map((c) => ({ c, within: pairsWithin(c, state.t) }));
     all.sort((a, b) => a.c.distance - b.c.distance || b.within - a.within || a.c.id - b.c.id);
-    const answered = state.answered;
-    if (answered && answered.t === state.t && answered.m === state.m) {
+    const answered = state.answers.get(`${state.t}|${state.m}`);
+    if (answered) {
       const listed = new Set(answered.order);
       return {
         accepted: answered.order.filter((id) => state.pool.has(id))
@@ -201,7 +201,7 @@
       state.selected = null;
       state.showAll = false;
       state.only = null;
-      state.answered = null;
+      state.answers.clear();
       fitThreshold(Math.max(0, ...explained.results.map((r) => r.distance)));
       await confirmWithService(seq);
       if (seq !== state.seq) return;
@@ -225,7 +225,7 @@
   function clearAnswer() {
     state.query = null;
     state.pool = new Map();
-    state.answered = null;
+    state.answers.clear();
     state.only = null;
     state.reason = null;
     state.selected = null;
@@ -247,9 +247,11 @@
       question: state.query.text, limit: state.query.limit, threshold: t, min_pairs: m,
     });
     if (seq !== state.seq) return;
-    state.answered = {
-      t, m, order: answer.results.map((r) => r.id), pairs: new Map(answer.results.map((r) => [r.id, r.pairs_within])),
-    };
+    // Kept per rule: a late answer to a rule the sliders already left does not stand for the current one.
+    state.answers.set(`${t}|${m}`, {
+      order: answer.results.map((r) => r.id), pairs: new Map(answer.results.map((r) => [r.id, r.pairs_within])),
+    });
+    if (t !== state.t || m !== state.m) return;
     // A question the model cannot read (reason "low_coverage") is answered by identical texts only:
     // then the service's list, not the pair distances, says what matches.
     state.reason = answer.reason ? answer.reason_detail || answer.reason : null;
@@ -422,7 +424,7 @@
   }
 
   function cellColour(d, t) {
-    if (d <= t) {
+    if (isWithin(d, t)) {
       const closeness = t > 0 ? 1 - d / t : 1; // 1 at distance 0, 0 at t
       return `hsl(145 55% ${Math.round(86 - 30 * closeness)}%)`;
     }
