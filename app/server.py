@@ -31,12 +31,13 @@ def _serve(args: argparse.Namespace) -> int:
     settings = get_settings()
     configure_logging(settings.log_level)
     _warn_unknown_variables(os.environ)
-    _preflight(settings)
+    _check_device(settings)
     if not args.no_prestart:
         try:
             prestart(settings)
         except DatabaseUnavailable as error:
             raise CommandError(str(error)) from None
+    _check_model(settings)
     workers = args.workers or settings.workers
     if workers > 1:
         _share_metrics_between_workers(settings.metrics_dir)
@@ -80,15 +81,33 @@ def _warn_unknown_variables(environ) -> list[str]:
     return warnings
 
 
-def _preflight(settings) -> None:
-    """What would otherwise fail inside uvicorn's start-up as a long traceback: the model directory
-    and the device, checked first and named in one line."""
+def _check_model(settings) -> None:
+    """The model the workers will serve (QSIM_MODEL_DIR, or the one the last reindex switched to) is
+    a model: checked here and named in one line, where uvicorn's start-up would print a traceback."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.admin.repository import ServiceStateRepository
+    from app.core.db import open_database
     from app.model.artifact import ArtifactError, read_config
 
+    database = open_database(settings.database_url, settings.database_timeout_seconds)
     try:
-        read_config(settings.model_dir)
+        active = ServiceStateRepository(database).active_model(settings.model_dir)
+    except SQLAlchemyError:  # not migrated yet (--no-prestart) or away: the workers will say so
+        return
+    finally:
+        database.dispose()
+    try:
+        read_config(active.path)
     except ArtifactError as error:
-        raise CommandError(f"QSIM_MODEL_DIR={settings.model_dir}: {error}") from None
+        named = f"QSIM_MODEL_DIR={settings.model_dir}" if active.path == settings.model_dir else (
+            f"the model the last reindex switched to ({active.path})"
+        )
+        raise CommandError(f"{named}: {error}") from None
+
+
+def _check_device(settings) -> None:
+    """QSIM_DEVICE=cuda where no GPU can serve, named in one line before anything starts."""
     if settings.device == "cuda":
         import torch
 

@@ -280,3 +280,23 @@ def test_a_mistyped_variable_is_named_with_the_setting_it_was_probably_meant_to_
 
     said = _warn_unknown_variables({"QSIM_WORKER": "2", "QSIM_PORT": "8000", "QSIM_LONG_TESTS": "1", "PATH": "/bin"})
     assert said == ["QSIM_WORKER is not a qsim setting and is ignored (did you mean QSIM_WORKERS?)"]
+
+
+def test_the_model_check_follows_the_model_the_last_reindex_switched_to(database_url, tiny_model_dir, tmp_path):
+    """A deployment that switched models and then lost the configured directory still starts: the
+    check looks at the model the workers will serve."""
+    from app.admin.repository import ServiceStateRepository
+    from app.cli import CommandError
+    from app.server import _check_model
+    from tests.service_fixtures import make_settings
+
+    gone = tmp_path / "configured-then-removed"
+    settings = make_settings(database_url, tiny_model_dir, tmp_path).model_copy(update={"model_dir": gone})
+    with pytest.raises(CommandError, match=f"QSIM_MODEL_DIR={gone}: model artifact"):
+        _check_model(settings)
+    database = open_database(database_url)
+    try:
+        ServiceStateRepository(database).activate_model(tiny_model_dir, gone)
+    finally:
+        database.dispose()
+    _check_model(settings)  # the switched-to model is there: no complaint
