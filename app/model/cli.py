@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -92,13 +93,45 @@ def _check_out(args) -> bool:
     return True
 
 
-def _remove_model(out: Path) -> None:
-    """The old model goes before the new one is written: an interrupted run then leaves no model
-    rather than a mix of two runs' files."""
-    from app.model.artifact import CARD_FILE, CONFIG_FILE, METRICS_FILE, TRAIN_STATE_FILE, WEIGHTS_FILE
+PREVIOUS_DIR = ".previous"  # inside --out: the replaced model while its replacement trains
 
-    for name in (CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE, CARD_FILE, TRAIN_STATE_FILE):
+
+def _model_files() -> tuple[str, ...]:
+    from app.model.artifact import (
+        CARD_FILE,
+        CONFIG_FILE,
+        METRICS_FILE,
+        TOKENIZER_FILE,
+        TRAIN_STATE_FILE,
+        WEIGHTS_FILE,
+    )
+
+    return (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, METRICS_FILE, CARD_FILE, TRAIN_STATE_FILE)
+
+
+def _set_aside(out: Path) -> Path:
+    """The old model's files move to --out/.previous before the new one is written (so the
+    directory never holds a mix of two runs' files), and come back if the new run fails
+    (_put_back); a run killed outright leaves them there to move back by hand."""
+    previous = out / PREVIOUS_DIR
+    if previous.exists():
+        raise CommandError(
+            f"{previous} holds a model set aside by an earlier --overwrite that did not finish: "
+            "move its files back into --out (or remove it) first"
+        )
+    previous.mkdir()
+    for name in _model_files():
+        if (out / name).exists():
+            (out / name).rename(previous / name)
+    return previous
+
+
+def _put_back(out: Path, previous: Path) -> None:
+    for name in _model_files():
         (out / name).unlink(missing_ok=True)
+        if (previous / name).exists():
+            (previous / name).rename(out / name)
+    previous.rmdir()
 
 
 def _check_init_keeps_its_architecture(args, settings) -> None:
@@ -139,7 +172,6 @@ def _train(args: argparse.Namespace) -> int:
     from app.model.artifact import load_artifact
     from app.model.config import load_settings_file
     from app.model.data import read_corpus, read_lines, read_pairs
-    from app.model.train import Trainer
 
     replace = _check_out(args)
     settings = load_settings_file(args.config)
@@ -161,8 +193,22 @@ def _train(args: argparse.Namespace) -> int:
     init = load_artifact(args.init) if args.init else None
     if not 0 < args.target_precision <= 1:
         raise CommandError(f"--target-precision must be in (0, 1], got {args.target_precision}")
-    if replace:  # only now, every check passed and an --init model in --out itself already loaded
-        _remove_model(args.out)
+    previous = _set_aside(args.out) if replace else None  # every check passed, an --init model already loaded
+    try:
+        _run_training(args, corpus, settings, transfer, pairs, init)
+    except BaseException:
+        if previous is not None:
+            _put_back(args.out, previous)
+            print(f"note: the model {args.out} held before is back in place", file=sys.stderr)
+        raise
+    if previous is not None:
+        shutil.rmtree(previous)
+    return 0
+
+
+def _run_training(args, corpus, settings, transfer, pairs, init) -> None:
+    from app.model.train import Trainer
+
     trainer = Trainer(
         corpus,
         args.out,
@@ -195,4 +241,3 @@ def _train(args: argparse.Namespace) -> int:
             target_precision=args.target_precision,
             log=print,
         )
-    return 0

@@ -180,6 +180,25 @@ def test_a_diverging_run_says_so_in_one_line(tiny_corpus_file, tmp_path, capsys)
     assert error.count("\n") == 1
 
 
+def test_an_overwrite_that_fails_puts_the_old_model_back(tiny_corpus_file, tiny_model_dir, tmp_path, capsys):
+    import shutil
+
+    out = shutil.copytree(tiny_model_dir, tmp_path / "desk-model")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    hot = tiny_architecture()
+    hot["training"] |= {"epochs": 1, "learning_rate": 1e6}  # diverges during training, after the set-aside
+    config = tmp_path / "hot.json"
+    config.write_text(json.dumps(hot))
+    run = ["train", "--corpus", str(tiny_corpus_file), "--text-column", "text", "--out", str(out), "--overwrite",
+           "--no-progress", "--no-calibrate", "--teacher", "none"]
+    assert main([*run, "--config", str(config)]) == 2
+    assert "training diverged" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert not (out / ".previous").exists()
+    assert main([*run, "--config", str(tiny_config(tmp_path, epochs=1))]) == 0  # a run that succeeds replaces it
+    assert (out / "config.json").read_bytes() != before["config.json"] and not (out / ".previous").exists()
+
+
 def test_a_one_question_corpus_is_refused_in_one_line(tmp_path, capsys):
     corpus = tmp_path / "one.csv"
     corpus.write_text("text\nwhere is my card\n")
