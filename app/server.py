@@ -84,24 +84,28 @@ def _warn_unknown_variables(environ) -> list[str]:
 def _check_model(settings) -> None:
     """The model the workers will serve (QSIM_MODEL_DIR, or the one the last reindex switched to) is
     a model: checked here and named in one line, where uvicorn's start-up would print a traceback."""
+    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
     from app.admin.repository import ServiceStateRepository
-    from app.core.db import open_database
+    from app.core.db import is_sqlite, open_database
     from app.model.artifact import ArtifactError, read_config
 
-    database = open_database(settings.database_url, settings.database_timeout_seconds)
+    path = Path(settings.model_dir)
+    sqlite_file = make_url(settings.database_url).database if is_sqlite(settings.database_url) else None
+    if not (sqlite_file and sqlite_file != ":memory:" and not Path(sqlite_file).exists()):  # never create one
+        database = open_database(settings.database_url, settings.database_timeout_seconds)
+        try:
+            path = ServiceStateRepository(database).active_model(settings.model_dir).path
+        except SQLAlchemyError:  # not migrated yet (--no-prestart) or away: QSIM_MODEL_DIR is what will load
+            pass
+        finally:
+            database.dispose()
     try:
-        active = ServiceStateRepository(database).active_model(settings.model_dir)
-    except SQLAlchemyError:  # not migrated yet (--no-prestart) or away: the workers will say so
-        return
-    finally:
-        database.dispose()
-    try:
-        read_config(active.path)
+        read_config(path)
     except ArtifactError as error:
-        named = f"QSIM_MODEL_DIR={settings.model_dir}" if active.path == settings.model_dir else (
-            f"the model the last reindex switched to ({active.path})"
+        named = f"QSIM_MODEL_DIR={settings.model_dir}" if path == Path(settings.model_dir) else (
+            f"the model the last reindex switched to ({path})"
         )
         raise CommandError(f"{named}: {error}") from None
 

@@ -195,18 +195,31 @@ def _train(args: argparse.Namespace) -> int:
         raise CommandError(f"--target-precision must be in (0, 1], got {args.target_precision}")
     previous = _set_aside(args.out) if replace else None  # every check passed, an --init model already loaded
     try:
-        _run_training(args, corpus, settings, transfer, pairs, init)
+        trainer = _run_training(args, corpus, settings, transfer, pairs, init)
     except BaseException:
         if previous is not None:
             _put_back(args.out, previous)
             print(f"note: the model {args.out} held before is back in place", file=sys.stderr)
         raise
-    if previous is not None:
+    if previous is not None:  # the new model is complete: a failed calibration below keeps it
         shutil.rmtree(previous)
+    if not args.no_calibrate:
+        from app.evaluation.calibrate import calibrate_after_training
+
+        teacher = trainer.teacher_vectors
+        calibrate_after_training(
+            args.out,
+            corpus,
+            trainer.validation_rows,
+            pairs=pairs,
+            teacher=None if teacher is None else teacher[: len(corpus)],
+            target_precision=args.target_precision,
+            log=print,
+        )
     return 0
 
 
-def _run_training(args, corpus, settings, transfer, pairs, init) -> None:
+def _run_training(args, corpus, settings, transfer, pairs, init):
     from app.model.train import Trainer
 
     trainer = Trainer(
@@ -228,16 +241,4 @@ def _run_training(args, corpus, settings, transfer, pairs, init) -> None:
         f"best epoch {result.best_epoch}: reconstruction {best.val_reconstruction:.3f} KL {best.val_kl:.3f} "
         f"active units {best.active_units} ({result.stopped}, {result.wall_seconds:.0f} s) -> {args.out}"
     )
-    if not args.no_calibrate:
-        from app.evaluation.calibrate import calibrate_after_training
-
-        teacher = trainer.teacher_vectors
-        calibrate_after_training(
-            args.out,
-            corpus,
-            trainer.validation_rows,
-            pairs=pairs,
-            teacher=None if teacher is None else teacher[: len(corpus)],
-            target_precision=args.target_precision,
-            log=print,
-        )
+    return trainer

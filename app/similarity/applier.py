@@ -88,6 +88,7 @@ class ChangeApplier:
         self._database_revision = 0  # the latest change the last successful poll saw
         self._database_error: str | None = None
         self._reported: tuple[int, int] | None = None
+        self._built_for: str | None = None  # the database id the live index was built from
         self._report_lock = threading.Lock()  # a heartbeat never writes older progress over newer
         self._reported_at = time.monotonic()  # when the applier last reported (each poll ends so)
         self._heartbeat: threading.Thread | None = None
@@ -173,6 +174,7 @@ class ChangeApplier:
         else:
             reconcile(state)
             self._saved_marker = (state.revision, len(state.index), state.index.model_id)
+        self._built_for = self.service_state.database_id()
         self._publish(state)
         self._report(state, force=True)
         logger.info(
@@ -245,7 +247,7 @@ class ChangeApplier:
                 active = self.service_state.active_model(self.settings.model_dir, session)
                 database_id = self.service_state.stored_database_id(session)
             self._database_revision, self._database_error = latest, None
-            if database_id != self.service_state.database_id():
+            if database_id != self._built_for:
                 state = self._rebuild(state, "the database was replaced under this worker (its id changed)")
             elif latest < state.revision and self.builder.backend == "faiss":
                 # (A Milvus index is shared: another replica may have applied a change this poll's
@@ -283,6 +285,7 @@ class ChangeApplier:
         if not built:
             reconcile(rebuilt)
         self._saved_marker = None
+        self._built_for = self.service_state.database_id()  # only now: a rebuild that failed is retried
         self._publish(rebuilt)
         return rebuilt
 

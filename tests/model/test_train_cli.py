@@ -228,3 +228,23 @@ def test_overwrite_removes_nothing_until_every_check_passed_and_resume_needs_a_s
                 "--teacher", "none", "--epochs", "1", "--corpus", str(tiny_corpus_file), "--init", str(out), "--overwrite"]
     assert main(init_run) == 0
     assert json.loads((out / "config.json").read_text())["data"]["init"]
+
+
+def test_an_overwrite_whose_calibration_fails_keeps_the_new_model(tiny_corpus_file, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from app.evaluation import calibrate
+
+    out = shutil.copytree(tiny_model_dir, tmp_path / "desk-model")
+    old_weights = (out / "model.pt").read_bytes()
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("calibration failed")
+
+    monkeypatch.setattr(calibrate, "calibrate_after_training", failing)
+    run = ["train", "--corpus", str(tiny_corpus_file), "--text-column", "text", "--out", str(out), "--overwrite",
+           "--no-progress", "--teacher", "none", "--config", str(tiny_config(tmp_path, epochs=1)), "--seed", "5"]
+    assert main(run) == 2
+    assert "calibration failed" in capsys.readouterr().err
+    assert (out / "model.pt").read_bytes() != old_weights and json.loads((out / "config.json").read_text())["seed"] == 5
+    assert not (out / ".previous").exists()

@@ -331,3 +331,33 @@ def test_a_database_replaced_or_restored_under_a_running_worker_is_noticed_and_t
         assert builds == [1] and reported_while_building == [0]
     finally:
         stop(client)
+
+
+def test_a_rebuild_for_a_replaced_database_that_fails_is_tried_again(settings, monkeypatch):
+    client = start_client(settings)
+    real_build = StateBuilder.build
+    attempts = []
+
+    def failing_once(self, *args, **kwargs):
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise OSError("disk full while building")
+        return real_build(self, *args, **kwargs)
+
+    monkeypatch.setattr(StateBuilder, "build", failing_once)
+    try:
+        gone = client.post("/questions", json={"text": "only in the old database"}).json()["id"]
+        client.post("/questions", json={"text": "in both"})  # the log's end stays where the index is
+        database = open_database(settings.database_url)
+        with database.writing() as session:
+            session.execute(text("DELETE FROM question_changes WHERE question_id = :id"), {"id": gone})
+            session.execute(text("DELETE FROM questions WHERE id = :id"), {"id": gone})
+            session.execute(text("UPDATE service_state SET value = 'another-database' WHERE key = 'database_id'"))
+        database.dispose()
+        deadline = time.monotonic() + 15
+        while gone in indexed_ids(client):
+            assert time.monotonic() < deadline, "the failed rebuild was not tried again"
+            time.sleep(0.05)
+        assert len(attempts) == 2
+    finally:
+        stop(client)

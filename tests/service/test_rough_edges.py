@@ -300,3 +300,17 @@ def test_the_model_check_follows_the_model_the_last_reindex_switched_to(database
     finally:
         database.dispose()
     _check_model(settings)  # the switched-to model is there: no complaint
+
+
+def test_the_model_check_never_creates_a_sqlite_database(tmp_path, tiny_model_dir, database_url):
+    from app.cli import CommandError
+    from app.server import _check_model
+    from tests.service_fixtures import make_settings
+
+    missing_db = tmp_path / "not-yet" / "qsim.db"
+    settings = make_settings(database_url, tiny_model_dir, tmp_path).model_copy(
+        update={"database_url": f"sqlite:///{missing_db}", "model_dir": tmp_path / "nope"}
+    )
+    with pytest.raises(CommandError, match="QSIM_MODEL_DIR="):
+        _check_model(settings)  # QSIM_MODEL_DIR is what will load
+    assert not missing_db.parent.exists()
