@@ -34,6 +34,13 @@ def stored_ids(settings) -> set[int]:
     return ids
 
 
+def wait_until_not_indexed(client, question_id: int, timeout: float, why: str) -> None:
+    deadline = time.monotonic() + timeout
+    while question_id in indexed_ids(client):
+        assert time.monotonic() < deadline, why
+        time.sleep(0.05)
+
+
 def found(client, question: str) -> list[int]:
     body = client.post("/questions/similar", json={"question": question, "threshold": 1e-9}).json()
     return [r["id"] for r in body["results"]]
@@ -320,10 +327,7 @@ def test_a_database_replaced_or_restored_under_a_running_worker_is_noticed_and_t
             else:
                 session.execute(text("DELETE FROM service_state WHERE key = 'database_id'"))
         database.dispose()
-        deadline = time.monotonic() + 10
-        while gone in indexed_ids(client):
-            assert time.monotonic() < deadline, "the worker still serves the old database's question"
-            time.sleep(0.05)
+        wait_until_not_indexed(client, gone, 10, "the worker still serves the old database's question")
         assert indexed_ids(client) == stored_ids(settings)
         status = client.get("/readyz").json()
         assert status["status"] == "ready", status
@@ -354,10 +358,7 @@ def test_a_rebuild_for_a_replaced_database_that_fails_is_tried_again(settings, m
             session.execute(text("DELETE FROM questions WHERE id = :id"), {"id": gone})
             session.execute(text("UPDATE service_state SET value = 'another-database' WHERE key = 'database_id'"))
         database.dispose()
-        deadline = time.monotonic() + 15
-        while gone in indexed_ids(client):
-            assert time.monotonic() < deadline, "the failed rebuild was not tried again"
-            time.sleep(0.05)
+        wait_until_not_indexed(client, gone, 15, "the failed rebuild was not tried again")
         assert len(attempts) == 2
     finally:
         stop(client)
