@@ -84,16 +84,14 @@ def _warn_unknown_variables(environ) -> list[str]:
 def _check_model(settings) -> None:
     """The model the workers will serve (QSIM_MODEL_DIR, or the one the last reindex switched to) is
     a model: checked here and named in one line, where uvicorn's start-up would print a traceback."""
-    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
     from app.admin.repository import ServiceStateRepository
-    from app.core.db import is_sqlite, open_database
+    from app.core.db import missing_sqlite_file, open_database
     from app.model.artifact import ArtifactError, read_config
 
     path = Path(settings.model_dir)
-    sqlite_file = make_url(settings.database_url).database if is_sqlite(settings.database_url) else None
-    if not (sqlite_file and sqlite_file != ":memory:" and not Path(sqlite_file).exists()):  # never create one
+    if missing_sqlite_file(settings.database_url) is None:  # never create one
         database = open_database(settings.database_url, settings.database_timeout_seconds)
         try:
             path = ServiceStateRepository(database).active_model(settings.model_dir).path

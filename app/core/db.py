@@ -182,6 +182,13 @@ def open_database(url: str, timeout_seconds: float = 2.0) -> Database:
     )
 
 
+def missing_sqlite_file(url: str) -> str | None:
+    """The path of the SQLite file `url` names when that file does not exist (opening it would
+    create an empty one); None for an existing file, memory or another database."""
+    path = make_url(url).database if is_sqlite(url) else None
+    return path if path and path != ":memory:" and not Path(path).exists() else None
+
+
 @contextmanager
 def migrated_database(url: str, timeout_seconds: float = 2.0) -> Iterator[Database]:
     """The database at `url` for a command-line tool: refused (SchemaOutOfDateError) unless it is
@@ -189,8 +196,8 @@ def migrated_database(url: str, timeout_seconds: float = 2.0) -> Iterator[Databa
     exist is refused too (opening it would create an empty one)."""
     from app.core.migrations import SchemaOutOfDateError, check_schema
 
-    path = make_url(url).database if is_sqlite(url) else None
-    if path and path != ":memory:" and not Path(path).exists():
+    path = missing_sqlite_file(url)
+    if path is not None:
         raise SchemaOutOfDateError(
             f"no database at {path} (QSIM_DATABASE_URL): the service creates it on its first start, "
             "`qsim import` on its first import"

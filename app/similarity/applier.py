@@ -271,9 +271,7 @@ class ChangeApplier:
         self.service_state.database_id()  # a database without an id gets one now, not at the next poll
         # Behind until rebuilt: writes wait for this worker (the beats keep that fresh) rather than
         # take its old revision for the new database's.
-        with self._report_lock:
-            self.service_state.record_replica(ReplicaProgress(self.replica_id, 0, state.generation, time.time()))
-            self._reported, self._reported_at = (0, state.generation), time.monotonic()
+        self._record((0, state.generation), force=True)
         # Milvus: a replica that noticed first built the new database's collection; the others open it.
         rebuilt = self.builder.load_saved(state.encoder, state.generation) if self.builder.backend == "milvus" else None
         built = rebuilt is None
@@ -306,7 +304,10 @@ class ChangeApplier:
         return followed
 
     def _report(self, state: SearchState, force: bool = False) -> None:
-        progress = (state.revision, state.generation)
+        self._record((state.revision, state.generation), force)
+
+    def _record(self, progress: tuple[int, int], force: bool = False) -> None:
+        """Records (revision, generation) as this worker's progress when it changed (or `force`)."""
         with self._report_lock:
             if force or progress != self._reported:
                 self.service_state.record_replica(ReplicaProgress(self.replica_id, *progress, time.time()))
