@@ -234,6 +234,7 @@ def merge_sweeps(parts: Sequence[Sweeps]) -> Sweeps:
             np.concatenate([s.score for s in sweeps]), np.concatenate([s.right for s in sweeps]),
             np.concatenate([s.in_scope for s in sweeps]), min_pairs=sweeps[0].min_pairs,
             copies=sum(s.copies for s in sweeps),
+            groups=None if any(s.groups is None for s in sweeps) else np.concatenate([s.groups for s in sweeps]),
         )
 
     first = parts[0]
@@ -606,6 +607,13 @@ def calibrate(
         chosen = choose(sweeps, target_precision)
         top = sweeps.tops[chosen.min_pairs].at(chosen.threshold) if chosen.min_pairs in sweeps.tops else None
     n_of_pairs = best_n_of(sweeps, chosen, target_precision, objective, z, min_no_match)
+    bound_z = z or PRECISION_CONFIDENCE_Z
+    top_sweep = sweeps.tops.get(chosen.min_pairs)
+    silence = {} if top is None or not top.out_of_scope else {
+        "no_match_lower_bound": top_sweep.no_match_bound_at(top.threshold, bound_z),
+        "no_match_bound_counts": top_sweep.no_match_bound_kind,
+        "out_of_scope_groups": top_sweep.out_of_scope_groups,
+    }
     record = {
         "objective": objective,
         "method": METHODS[objective, target_precision is not None]
@@ -617,8 +625,8 @@ def calibrate(
         "split": split | ({"top_answers": sweeps.top_split} if sweeps.top_split else {}),
         "chosen": chosen.as_dict() | {"variant": n_of(chosen.min_pairs, sweeps.pairs),
                                       "top": None if top is None else top.as_dict()
-                                      | {"precision_lower_bound": top.precision_bound(z or PRECISION_CONFIDENCE_Z),
-                                         "bound_z": z or PRECISION_CONFIDENCE_Z}},
+                                      | {"precision_lower_bound": top.precision_bound(bound_z), "bound_z": bound_z}
+                                      | silence},
         "n_of_pairs": n_of_pairs,
         "variants": variant_table(sweeps, target_precision, objective, z, min_no_match),
         "equal_precision": equal_precision_comparison(sweeps.mean, comparison_variants(sweeps, n_of_pairs)),

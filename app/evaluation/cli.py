@@ -293,6 +293,11 @@ def print_calibration(record: dict, log=print) -> None:
     log(f"chosen: threshold {chosen['threshold']:.6g}, min_pairs {chosen['min_pairs']} "
         f"(pairs: precision {chosen['precision']:.3f}, recall {chosen['recall']:.3f}, F1 {chosen['f1']:.3f}; "
         f"top: {_top_line(chosen.get('top'))})")
+    top = chosen.get("top") or {}
+    if top.get("no_match_lower_bound") is not None:
+        unit = (f"{top['out_of_scope_groups']} held-out labels" if top["no_match_bound_counts"] == "groups"
+                else "the out-of-scope questions")
+        log(f"out of scope without a match: at least {top['no_match_lower_bound']:.3f} by the lower bound over {unit}")
     log("recall at equal precision, the mean code against K sampled codes:")
     log("\n".join(render_equal_precision(record["equal_precision"], heading=False)))
     if "top_equal_precision" in record:

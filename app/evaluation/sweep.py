@@ -354,20 +354,28 @@ def top_events(
     return rows + first_query, entering[rows, positions].astype(np.float32), right
 
 
+# The no-match bound counts held-out labels rather than questions once there are this many of them:
+# below it a cluster-robust standard error is itself too noisy to bound anything.
+MIN_GROUPS_FOR_GROUP_BOUND = 10
+
+
 class TopAnswerSweep:
     """Exact answered share and precision of the answered tops at every threshold, from the events
     of top_events() (all queries' events, each query's in increasing score, queries in any order)."""
 
     def __init__(
         self, query: np.ndarray, score: np.ndarray, right: np.ndarray, in_scope: np.ndarray, min_pairs: int = 1,
-        copies: int = 1,
+        copies: int = 1, groups: np.ndarray | None = None,
     ):
         """copies: how many times each held-out question appears among the queries (pooled draws of
         the same questions, `merge_sweeps`): the lower bounds count each question once, since its
-        copies are not independent evidence."""
+        copies are not independent evidence. groups (nq,) int: what each out-of-scope query's fate
+        depends on beside itself (its held-out label); with enough groups the no-match bound counts
+        groups, not questions (no_match_bound)."""
         self.min_pairs = min_pairs
         self.copies = max(1, int(copies))
         self.in_scope = np.asarray(in_scope, dtype=bool)
+        self.groups = None if groups is None else np.asarray(groups, dtype=np.int64)
         self.query = np.asarray(query, dtype=np.int64)
         self.score = np.asarray(score, dtype=np.float32)
         self.right = np.asarray(right, dtype=bool) & self.in_scope[self.query]
@@ -388,6 +396,8 @@ class TopAnswerSweep:
         self.answered = self._answered[last]
         self.out_of_scope_answered = self._oos_answered[last]
         self.right_answers = self._right[last]
+        self._first_scores = self.score[first]
+        self._first_queries = self.query[first]
 
     @property
     def queries(self) -> int:
@@ -462,15 +472,62 @@ class TopAnswerSweep:
         bound = wilson_lower_bound(self.right_answers, np.maximum(given, 1), z, self.copies)
         return np.where(given > 0, bound, 0.0)
 
+    @property
+    def out_of_scope_groups(self) -> int:
+        """Distinct groups among the out-of-scope queries (0 without groups)."""
+        if self.groups is None or self.out_of_scope == 0:
+            return 0
+        return len(np.unique(self.groups[~self.in_scope]))
+
+    @property
+    def no_match_bound_kind(self) -> str:
+        """What no_match_bound counts as independent evidence: "groups" or "questions"."""
+        return "groups" if self.out_of_scope_groups >= MIN_GROUPS_FOR_GROUP_BOUND else "questions"
+
     def no_match_bound(self, z: float) -> np.ndarray:
-        """Per candidate: the share of out-of-scope queries that get no match, by its Wilson lower
-        bound z sd down (z = 0: the share itself); 1 where there are no out-of-scope queries."""
+        """Per candidate: the share of out-of-scope queries that get no match, by its lower bound z sd
+        down (z = 0: the share itself); 1 where there are no out-of-scope queries. The bound is
+        Wilson's over questions, and with at least MIN_GROUPS_FOR_GROUP_BOUND groups the lower of that
+        and the group bound (_group_no_match_bound): the questions of one held-out label succeed or
+        fail together, so they are not independent evidence of how the next unknown label fares."""
         if self.out_of_scope == 0:
             return np.ones(len(self.candidates))
         silent = self.out_of_scope - self.out_of_scope_answered
         if z == 0:
             return silent / self.out_of_scope
-        return wilson_lower_bound(silent, self.out_of_scope, z, self.copies)
+        bound = wilson_lower_bound(silent, self.out_of_scope, z, self.copies)
+        if self.no_match_bound_kind == "groups":
+            bound = np.minimum(bound, self._group_no_match_bound(z))
+        return bound
+
+    def no_match_bound_at(self, threshold: float, z: float) -> float | None:
+        """no_match_bound at one threshold; None without out-of-scope queries."""
+        if self.out_of_scope == 0:
+            return None
+        index = int(np.searchsorted(self.candidates, threshold, side="right")) - 1
+        if index < 0:  # nothing answered: every out-of-scope query is silent
+            return wilson_lower_bound(self.out_of_scope, self.out_of_scope, z, self.copies) if z else 1.0
+        return float(self.no_match_bound(z)[index])
+
+    def _group_no_match_bound(self, z: float) -> np.ndarray:
+        """The share of out-of-scope queries without a match, less z cluster-robust standard errors
+        (the ratio estimator's: the groups are the units, each weighted by its queries), per candidate."""
+        out = ~self.in_scope
+        names, group_of = np.unique(self.groups[out], return_inverse=True)
+        sizes = np.bincount(group_of, minlength=len(names)).astype(np.float64)
+        position = np.full(len(self.in_scope), -1, dtype=np.int64)
+        position[np.flatnonzero(out)] = group_of
+        first_group = position[self._first_queries]
+        silent = np.empty((len(self.candidates), len(names)))
+        for g in range(len(names)):
+            entered = np.sort(self._first_scores[first_group == g])
+            silent[:, g] = sizes[g] - np.searchsorted(entered, self.candidates, side="right")
+        total = sizes.sum()
+        share = silent.sum(axis=1) / total
+        residual = silent - share[:, None] * sizes[None, :]
+        count = len(names)
+        variance = count / (count - 1) * (residual ** 2).sum(axis=1) / total ** 2
+        return share - z * np.sqrt(variance)
 
     def best(self, target_precision: float | None, z: float = 0.0, min_no_match: float | None = None) -> TopAnswerPoint | None:
         """The largest answered share whose precision over every answer given (answers to
@@ -520,13 +577,14 @@ def rule_sweeps(
     *,
     pairwise: bool = True,
     tops: bool = True,
+    groups: np.ndarray | None = None,
 ) -> tuple[dict[int, ThresholdSweep], dict[int, TopAnswerSweep]]:
     """One pass over every (query, stored question) pair for both views of the rule.
 
     judge(rows: slice) -> (relevant, right, usable), each (q, N) bool or None: relevant pairs for the
     pairwise sweep, right top answers, and the pairs that count at all (None: all; a query's own
     text on the stored side is not an answer to it). in_scope (nq,) bool: queries with a right
-    answer among the stored questions."""
+    answer among the stored questions. groups (nq,) int: see TopAnswerSweep."""
     ns = sorted(set(min_pairs))
     relevant: dict[int, list[np.ndarray]] = {n: [] for n in ns}
     irrelevant: dict[int, list[np.ndarray]] = {n: [] for n in ns}
@@ -562,7 +620,7 @@ def rule_sweeps(
                 np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int64),
                 np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.float32),
                 np.concatenate([p[2] for p in parts]) if parts else np.empty(0, bool),
-                in_scope, min_pairs=n,
+                in_scope, min_pairs=n, groups=groups,
             )
     return sweeps, answers
 
@@ -592,4 +650,11 @@ def labelled_rule_sweeps(
 ) -> tuple[dict[int, ThresholdSweep], dict[int, TopAnswerSweep]]:
     """labelled_sweeps() and the top answers of the same pairs, in one pass."""
     judge, in_scope = label_judge(query_labels, stored_labels)
-    return rule_sweeps(query_codes, stored_codes, metric, min_pairs, judge, in_scope)
+    return rule_sweeps(query_codes, stored_codes, metric, min_pairs, judge, in_scope, groups=label_groups(query_labels))
+
+
+def label_groups(labels: Sequence[str | None]) -> np.ndarray:
+    """Each label's position among the sorted distinct labels (-1 for None): the same numbers for
+    the same queries in every draw of held-out labels, so pooled draws keep one group per label."""
+    names = {name: i for i, name in enumerate(sorted({x for x in labels if x is not None}))}
+    return np.array([-1 if x is None else names[x] for x in labels], dtype=np.int64)

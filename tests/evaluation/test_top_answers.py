@@ -16,6 +16,7 @@ from app.evaluation.calibrate import (
     top_equal_precision_comparison,
 )
 from app.evaluation.sweep import (
+    MIN_GROUPS_FOR_GROUP_BOUND,
     ThresholdSweep,
     TopAnswerSweep,
     label_judge,
@@ -241,3 +242,73 @@ def test_pooled_draws_keep_each_draws_queries_apart():
     assert (at.answered, at.right, at.out_of_scope_answered) == (1, 1, 1)
     everything = pooled.at(1.0)
     assert (everything.answered, everything.right, everything.out_of_scope_answered) == (2, 2, 2)
+
+
+def labels_that_fail_together(groups: int = 20, per_group: int = 20) -> TopAnswerSweep:
+    """In-scope queries each answered rightly at i/1000; out-of-scope queries in `groups` held-out
+    labels, every query of label g answered (wrongly) at once, at 0.05 + g/100: at t, the labels
+    below t are answered whole, as a label a model confuses with a stored one is."""
+    in_scope_scores = np.arange(1, 401) / 1000.0
+    label_scores = np.repeat(0.05 + np.arange(groups) / 100.0, per_group)
+    scores = np.concatenate([in_scope_scores, label_scores])
+    in_scope = np.arange(len(scores)) < len(in_scope_scores)
+    groups_of = np.concatenate([np.full(len(in_scope_scores), -1), np.repeat(np.arange(groups), per_group)])
+    return TopAnswerSweep(np.arange(len(scores)), scores, in_scope.copy(), in_scope, groups=groups_of)
+
+
+def test_out_of_scope_questions_of_one_label_count_as_one_piece_of_evidence():
+    sweep = labels_that_fail_together()
+    assert sweep.out_of_scope_groups == 20 and sweep.no_match_bound_kind == "groups"
+    by_questions = TopAnswerSweep(sweep.query, sweep.score, sweep.right, sweep.in_scope)
+    at = np.searchsorted(sweep.candidates, 0.075)  # 3 of 20 labels answered: 85% of 400 silent
+    assert sweep.no_match_bound(0)[at] == pytest.approx(0.85)
+    # 400 independent questions would show 80% silence; 20 labels, all-or-nothing each, do not.
+    assert by_questions.no_match_bound(1.645)[at] > 0.8 > sweep.no_match_bound(1.645)[at]
+    # The ratio estimator's cluster-robust error: 0.85 less 1.645 * sqrt(20/19 * 20 * 0.85 * 0.15 * 20**2) / 400.
+    assert sweep.no_match_bound(1.645)[at] == pytest.approx(0.85 - 1.645 * np.sqrt(20 / 19 * 0.85 * 0.15 / 20))
+    by_questions_rule, by_labels_rule = by_questions.best(0.5, z=1.645, min_no_match=0.8), sweep.best(0.5, z=1.645, min_no_match=0.8)
+    assert by_labels_rule.out_of_scope_answered < by_questions_rule.out_of_scope_answered
+    assert by_labels_rule.threshold < by_questions_rule.threshold
+
+
+def test_labels_of_one_question_each_bound_as_the_questions_do():
+    in_scope = np.arange(800) < 400
+    scores = np.concatenate([np.arange(1, 401) / 1000.0, np.linspace(0.05, 0.5, 400)])
+    sweep = TopAnswerSweep(np.arange(800), scores, in_scope.copy(), in_scope, groups=np.arange(800))
+    by_questions = TopAnswerSweep(np.arange(800), scores, in_scope.copy(), in_scope)
+    assert np.allclose(sweep.no_match_bound(1.645), by_questions.no_match_bound(1.645), atol=0.01)
+
+
+def test_few_held_out_labels_are_bounded_by_their_questions():
+    """Below MIN_GROUPS_FOR_GROUP_BOUND labels a cluster-robust error is itself too noisy to use."""
+    sweep = labels_that_fail_together(groups=MIN_GROUPS_FOR_GROUP_BOUND - 1, per_group=40)
+    by_questions = TopAnswerSweep(sweep.query, sweep.score, sweep.right, sweep.in_scope)
+    assert sweep.no_match_bound_kind == "questions"
+    assert np.array_equal(sweep.no_match_bound(1.645), by_questions.no_match_bound(1.645))
+
+
+def test_pooled_draws_keep_a_label_held_out_twice_as_one_group():
+    rng = np.random.default_rng(5)
+    stored_labels = [label for label in "abcdefghijkl" for _ in range(3)]
+    query_labels = [label for label in "abcdefghijkl" for _ in range(2)]
+    stored, queries = rng.normal(size=(36, 2, 4)), rng.normal(size=(24, 2, 4))
+
+    def draw(held: str) -> Sweeps:
+        kept = [i for i, label in enumerate(stored_labels) if label not in held]
+        by_n, tops = labelled_rule_sweeps(queries, query_labels, stored[kept], [stored_labels[i] for i in kept], "l2")
+        return Sweeps(by_n, by_n[1], 4, tops, tops[1])
+
+    first, second = draw("abcdef"), draw("defghi")
+    assert first.tops[1].out_of_scope_groups == 6
+    pooled = merge_sweeps([first, second]).tops[1]
+    assert pooled.out_of_scope == 24 and pooled.out_of_scope_groups == 9  # d, e, f held out in both
+
+
+def test_calibration_record_says_what_the_silence_bound_counted():
+    pairwise = ThresholdSweep(np.arange(1, 11) / 10, np.arange(1, 11) / 10 + 0.05)
+    tops = labels_that_fail_together()
+    record = calibrate(Sweeps({1: pairwise}, pairwise, 1, {1: tops}, tops), target_precision=0.5, model_id="m",
+                       data={}, split={}, objective="top", min_no_match=0.7).record
+    chosen = record["chosen"]["top"]
+    assert chosen["no_match_bound_counts"] == "groups" and chosen["out_of_scope_groups"] == 20
+    assert 0.7 <= chosen["no_match_lower_bound"] < chosen["out_of_scope_no_match"]
