@@ -19,7 +19,10 @@ Two objectives:
   bound 1.645 sd down; ties: the most net right answers ((right - wrong) / queries), fewer pairs,
   smaller t. Without a target: the most net right answers. (The bound: on the tiny test model, a
   point chosen as the most net right answers, 12 of 17 right on one split, was right 4 times in 13 on
-  another; a few lucky answers must not pass for a precision.)
+  another; a few lucky answers must not pass for a precision.) With a floor on out-of-scope silence
+  (min_no_match), its bound counts the held-out labels rather than their questions once there are
+  ten or more (TopAnswerSweep.no_match_bound): a label the model confuses with a stored one is
+  answered with all its questions, so the next unknown label, not the next question, is the unit.
 - "pairs": every returned question counts, micro precision and recall over all (query, stored
   question) pairs: the (t, n) of best F1, or with a target precision the largest recall at
   precision >= target (ties: fewer pairs, then the smaller threshold).
