@@ -73,6 +73,16 @@ RECIPES: dict[str, tuple[str, dict, bool]] = {
         {"training": {"transfer_pool": 10000, "transfer_per_epoch": 5000}},
         True,
     ),
+    "cosine": (
+        "qsim train's default recipe (the transfer set's pool), learning rate on a cosine to 2% of it",
+        {"training": {"transfer_pool": 10000, "transfer_per_epoch": 5000, "lr_schedule": "cosine"}},
+        True,
+    ),
+    "teacher-full-cosine": (
+        "the whole transfer set, 10,000 per epoch, learning rate on a cosine to 2% of it",
+        {"training": {**WHOLE_SET, "lr_schedule": "cosine"}},
+        True,
+    ),
     "regression-only": (
         "the text-only recipe (corpus alone) without the relational term",
         {"training": {"teacher_weight": 0.0}},

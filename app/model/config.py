@@ -46,6 +46,12 @@ class TrainingConfig(_Strict):
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(128, ge=2)
     learning_rate: float = Field(1.5e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="cosine: the learning rate falls from learning_rate along a half cosine to "
+        "learning_rate * min_learning_rate_fraction at the run's last step (the run is `epochs` long; "
+        "--resume with more epochs stretches what is left of it)"
+    )
+    min_learning_rate_fraction: float = Field(0.02, ge=0, le=1, description="cosine: the last step's share of learning_rate")
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(5.0, gt=0)
     beta: float = Field(1.0, ge=0, description="weight of the KL term once annealing is done")

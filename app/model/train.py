@@ -60,6 +60,7 @@ class EpochMetrics:
     train_supervised: float = 0.0
     val_supervised: float = 0.0
     val_label_accuracy: float | None = None
+    learning_rate: float | None = None  # at the epoch's last step
 
 
 @dataclass
@@ -87,6 +88,16 @@ def beta_at(progress_epochs: float, total_epochs: int, cfg: TrainingConfig) -> f
     cycle_length = total_epochs / cfg.kl_cycles
     position = (progress_epochs % cycle_length) / cycle_length
     return cfg.beta * min(1.0, position / cfg.kl_cycle_ratio)
+
+
+def learning_rate_at(progress_epochs: float, total_epochs: int, cfg: TrainingConfig) -> float:
+    """Learning rate after `progress_epochs` (fractional) epochs: constant, or a cosine from
+    learning_rate down to learning_rate * min_learning_rate_fraction at the last step of the run."""
+    if cfg.lr_schedule == "constant":
+        return cfg.learning_rate
+    progress = min(1.0, max(0.0, progress_epochs / total_epochs))
+    floor = cfg.learning_rate * cfg.min_learning_rate_fraction
+    return floor + (cfg.learning_rate - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def annealing_done_at(total_epochs: int, cfg: TrainingConfig) -> float:
@@ -356,6 +367,7 @@ class Trainer:
                 train_supervised=train_stats["supervised"],
                 val_supervised=val["supervised"],
                 val_label_accuracy=val["label_accuracy"],
+                learning_rate=train_stats["learning_rate"],
             )
             history.append(metrics)
             self.log(
@@ -475,6 +487,8 @@ class Trainer:
                 noisy = [corrupt(ids[i], rng) if rng.random() < self.cfg.augment else ids[i] for i in rows]
                 encoder_batch = Batch.from_ids(noisy)
             beta = beta_at(epoch - 1 + step / len(batches), self.cfg.epochs, self.cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate_at(epoch - 1 + step / len(batches), self.cfg.epochs, self.cfg)
             out = model(batch, rng, self.cfg.word_dropout, self.cfg.free_bits, generator, encoder_batch)
             reconstruction = out.reconstruction.mean()
             supervised = objectives.loss(out.codes, out.posterior.mean, rows)
@@ -498,7 +512,7 @@ class Trainer:
             totals["reconstruction"] += reconstruction.item() * n
             totals["kl"] += out.kl.mean().item() * n
             bar.set_postfix(loss=f"{totals['loss'] / seen:.3f}", kl=f"{totals['kl'] / seen:.2f}")
-        return {k: v / max(seen, 1) for k, v in totals.items()} | {"beta": beta}
+        return {k: v / max(seen, 1) for k, v in totals.items()} | {"beta": beta, "learning_rate": optimizer.param_groups[0]["lr"]}
 
     def _pair_loss(self, model: SequenceVAE, ids: list[list[int]], rng: np.random.Generator) -> torch.Tensor:
         """The pairs term on a random batch of known pairs (sampled codes of both sides)."""

@@ -8,7 +8,7 @@ import torch
 
 from app.model.config import ModelSettings, TrainingConfig
 from app.model.data import read_corpus
-from app.model.train import CollapseWarning, Trainer, beta_at, count_active_units
+from app.model.train import CollapseWarning, Trainer, beta_at, count_active_units, learning_rate_at
 
 
 def quiet(_):
@@ -158,6 +158,28 @@ def test_linear_annealing_ramps_then_holds():
 def test_cyclical_annealing_restarts_each_cycle():
     cfg = TrainingConfig(kl_schedule="cyclical", kl_cycles=2, kl_cycle_ratio=0.5, beta=1.0)
     assert [beta_at(e, 8, cfg) for e in (0, 1, 2, 3, 4, 5, 6)] == [0.0, 0.5, 1.0, 1.0, 0.0, 0.5, 1.0]
+
+
+def test_the_learning_rate_is_constant_or_falls_on_a_half_cosine_to_its_floor():
+    constant = TrainingConfig(learning_rate=1e-3)
+    assert {learning_rate_at(e, 8, constant) for e in (0, 3.5, 8)} == {1e-3}
+    cosine = TrainingConfig(learning_rate=1e-3, lr_schedule="cosine", min_learning_rate_fraction=0.1)
+    rates = [learning_rate_at(e, 8, cosine) for e in (0, 2, 4, 6, 8, 9)]
+    assert rates[0] == pytest.approx(1e-3) and rates[2] == pytest.approx(0.55e-3)
+    assert rates[4] == pytest.approx(1e-4) and rates[5] == pytest.approx(1e-4)  # a resumed run past its end holds
+    assert rates == sorted(rates, reverse=True)
+
+
+def test_training_follows_the_learning_rate_schedule_and_records_it(tiny_corpus_file, tiny_settings, tmp_path):
+    cosine = settings_with(tiny_settings, epochs=3, patience=10, lr_schedule="cosine", min_learning_rate_fraction=0.0)
+    result = train(tiny_corpus_file, tmp_path / "cosine", cosine)
+    rates = [m.learning_rate for m in result.epochs]
+    base = cosine.training.learning_rate
+    assert rates[0] < base and rates == sorted(rates, reverse=True) and rates[-1] < 0.05 * base
+    recorded = json.loads((tmp_path / "cosine" / "metrics.json").read_text())
+    assert [epoch["learning_rate"] for epoch in recorded["epochs"]] == rates
+    constant = train(tiny_corpus_file, tmp_path / "constant", settings_with(tiny_settings, epochs=2))
+    assert {m.learning_rate for m in constant.epochs} == {tiny_settings.training.learning_rate}
 
 
 def test_active_units_count_dimensions_whose_means_vary():
