@@ -137,10 +137,11 @@ def search(state: SearchState, queries: Sequence[SearchQuery], min_coverage: flo
         if readable:
             rows = [row_of[queries[p].text] for p in readable]
             found = state.index.search(codes[rows], threshold=threshold, min_pairs=min_pairs, limit=limit, allowed=allowed)
-            for position, matches in zip(readable, found, strict=True):
-                answers[position] = SearchAnswer(
-                    threshold, min_pairs, model, _hits(state, matches, where), coverage[queries[position].text]
-                )
+            for position, row, matches in zip(readable, rows, found, strict=True):
+                hits = _hits(state, matches, where)
+                if len(hits) < len(matches) == limit:
+                    hits = _refilled_hits(state, codes[[row]], threshold, min_pairs, limit, allowed, where, len(matches) - len(hits))
+                answers[position] = SearchAnswer(threshold, min_pairs, model, hits, coverage[queries[position].text])
         for position in unreadable:
             text = queries[position].text
             matches = _identical(state, text, codes[[row_of[text]]], threshold, limit, allowed)
@@ -195,6 +196,28 @@ def _resolve(encoder: QuestionEncoder, query: SearchQuery) -> tuple:
     # {"flag": true} filter and a {"flag": 1} one, batched together, with the first one's.
     typed = None if query.filter is None else tuple((key, type(value), value) for key, value in query.filter)
     return threshold, min_pairs, query.limit, typed
+
+
+# A search that met a change half-applied (catalog and index are updated one after the other) is
+# searched again this many times, asking for as many more as it lost, so that it still fills its limit.
+REFILL_ATTEMPTS = 3
+
+
+def _refilled_hits(
+    state: SearchState, codes: np.ndarray, threshold: float, min_pairs: int, limit: int,
+    allowed: np.ndarray | None, where: tuple[tuple[str, Any], ...] | None, lost: int,
+) -> list[Hit]:
+    """The hits of one query whose first search lost `lost` of its `limit` matches to questions
+    deleted or changed while it ran: searched again with room for them, up to REFILL_ATTEMPTS times."""
+    hits: list[Hit] = []
+    for _ in range(REFILL_ATTEMPTS):
+        asked = limit + lost
+        matches = state.index.search(codes, threshold=threshold, min_pairs=min_pairs, limit=asked, allowed=allowed)[0]
+        hits = _hits(state, matches, where)
+        if len(hits) >= limit or len(matches) < asked:
+            break
+        lost = asked - len(hits)
+    return hits[:limit]
 
 
 def _hits(state: SearchState, matches: list[Match], where: tuple[tuple[str, Any], ...] | None = None) -> list[Hit]:
