@@ -78,6 +78,7 @@ class ChangeApplier:
         self._on_heartbeat = on_heartbeat or (lambda: None)
         self._state: SearchState | None = None
         self._live = threading.Event()
+        self._loading_lock = threading.Lock()  # load_now's last catch-up and publication against wait_visible
         self._write_lock = threading.RLock()  # every change of the live state holds it
         self._save_lock = threading.Lock()
         self._wake = threading.Event()
@@ -163,6 +164,8 @@ class ChangeApplier:
         built = state is None
         if built:
             state = self.builder.build(encoder, generation)
+        else:  # what is on disk: the catch-up below makes the live index newer than that
+            self._saved_marker = (state.revision, len(state.index), state.index.model_id)
         # Registered as a replica before the last catch-up: a write committed after this report
         # waits for this worker to apply it, and one committed before it is in the catch-up. (Reported
         # only after publishing, a write landing in between was acknowledged without this worker,
@@ -173,9 +176,13 @@ class ChangeApplier:
             self.builder.publish(state)
         else:
             reconcile(state)
-            self._saved_marker = (state.revision, len(state.index), state.index.model_id)
         self._built_for = self.service_state.database_id()
-        self._publish(state)
+        # A write committed during the reconcile (or the build's publication) is in no catch-up yet,
+        # and its wait_visible, seeing no live state here, waits only for the other workers: the
+        # last catch-up and the publication happen under the lock wait_visible checks the state in.
+        with self._loading_lock:
+            catch_up(self.db, state)
+            self._publish(state)
         self._report(state, force=True)
         logger.info(
             "ready: model %s (%s), %d questions, revision %d, %.1f s",
@@ -349,15 +356,14 @@ class ChangeApplier:
         timeout = self.settings.write_visibility_timeout_seconds if timeout is None else timeout
         deadline = time.monotonic() + timeout
         self._wake.set()
-        # A worker still loading replays the log in its load, this change included unless its last
-        # catch-up ended first (checked again below); the workers already serving must apply it too.
-        loading = self._state is None
-        if not self._wait_applied_here(revision, deadline):
+        # A worker still loading replays the log in its load, this change included: its last
+        # catch-up takes the lock after this write committed (load_now); the workers already
+        # serving must apply it too.
+        with self._loading_lock:
+            live = self._state is not None
+        if live and not self._wait_applied_here(revision, deadline):
             return self._lagging(revision, "this worker")
-        seen = self._wait_replicas(lambda replica: replica.revision >= revision, deadline, f"change {revision}")
-        if loading and self._state is not None and not self._wait_applied_here(revision, deadline):
-            return self._lagging(revision, "this worker")
-        return seen
+        return self._wait_replicas(lambda replica: replica.revision >= revision, deadline, f"change {revision}")
 
     def _wait_applied_here(self, revision: int, deadline: float) -> bool:
         """Until this process's live index has `revision` (True at once while none is live)."""

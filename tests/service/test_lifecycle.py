@@ -362,3 +362,47 @@ def test_a_rebuild_for_a_replaced_database_that_fails_is_tried_again(settings, m
         assert len(attempts) == 2
     finally:
         stop(client)
+
+
+def test_a_write_committed_while_a_worker_reconciles_its_load_is_in_the_index_it_publishes(settings, first_run, monkeypatch):
+    """Such a write's call sees no live index on this worker and waits only for the others: the load
+    must not publish an index without it."""
+    from app.similarity import applier as applier_module
+
+    database = open_database(settings.database_url)
+    loading, active = ChangeApplier.for_tools(database, settings)
+    written = []
+    real_reconcile = applier_module.reconcile
+
+    def reconcile_while_a_write_lands(state):
+        with database.writing() as session:
+            written.extend(q.id for q in repository.create(session, [NewQuestion("a question written mid-load")]))
+        return real_reconcile(state)
+
+    monkeypatch.setattr(applier_module, "reconcile", reconcile_while_a_write_lands)
+    try:
+        state = loading.load_now(loading.builder.load_encoder(active.path), active.generation)
+        with database.reading() as session:
+            assert state.revision == repository.last_change(session)
+        assert written and written[0] in set(state.index.ids().tolist())
+    finally:
+        database.dispose()
+
+
+def test_a_restart_that_caught_up_with_the_log_saves_the_caught_up_index(settings, first_run):
+    """The index on disk is the one loaded, older than the live one after the catch-up: a save must
+    write it, or every restart replays (and re-encodes) the same changes again."""
+    database = open_database(settings.database_url)
+    with database.writing() as session:
+        repository.create(session, [NewQuestion("a question written while the service was down")])
+    with database.reading() as session:
+        latest = repository.last_change(session)
+    loading, active = ChangeApplier.for_tools(database, settings)
+    try:
+        encoder = loading.builder.load_encoder(active.path)
+        assert loading.builder.load_saved(encoder, active.generation).revision < latest
+        assert loading.load_now(encoder, active.generation).revision == latest
+        assert loading.save() is True
+        assert loading.builder.load_saved(encoder, active.generation).revision == latest
+    finally:
+        database.dispose()
