@@ -60,8 +60,12 @@ class PrototypeClassifier(nn.Module):
 
     @torch.no_grad()
     def accuracy(self, codes: torch.Tensor, labels: torch.Tensor) -> float:
+        return self.correct(codes, labels) / len(labels)
+
+    def correct(self, codes: torch.Tensor, labels: torch.Tensor) -> int:
+        """How many codes have their own label's prototype nearest."""
         nearest = pairwise_distance(codes, self.prototypes, self.metric).argmin(-1)
-        return float((nearest == labels).float().mean())
+        return int((nearest == labels).sum())
 
 
 def relational_distillation(
@@ -206,10 +210,17 @@ class LatentObjectives(nn.Module):
 
     def label_accuracy(self, means: torch.Tensor, rows: np.ndarray) -> float | None:
         """Share of labelled `means` whose nearest prototype is their own label's; None without labels."""
+        counted = self.label_hits(means, rows)
+        return None if counted is None or counted[1] == 0 else counted[0] / counted[1]
+
+    def label_hits(self, means: torch.Tensor, rows: np.ndarray) -> tuple[int, int] | None:
+        """(labelled `means` whose nearest prototype is their own label's, labelled means); None
+        without a classifier."""
         if self.classifier is None:
             return None
         labels = self.labels[torch.as_tensor(rows)]
         labelled = labels != UNLABELLED
-        if not labelled.any():
-            return None
-        return self.classifier.accuracy(means[labelled], labels[labelled])
+        count = int(labelled.sum())
+        if count == 0:
+            return 0, 0
+        return self.classifier.correct(means[labelled], labels[labelled]), count

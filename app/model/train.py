@@ -530,7 +530,8 @@ class Trainer:
     def _evaluate(self, model, objectives, ids, val_idx, epoch) -> dict:
         model.eval()
         rng = np.random.default_rng([self.seed, 0xE7A1])
-        reconstruction = kl = tokens = supervised = correct = 0.0
+        reconstruction = kl = tokens = supervised = 0.0
+        correct = labelled = 0
         means = []
         for start in range(0, len(val_idx), 256):
             rows = val_idx[start : start + 256]
@@ -540,7 +541,9 @@ class Trainer:
             kl += out.kl.sum().item()
             tokens += out.target_tokens.sum().item()
             supervised += objectives.loss(out.codes, out.posterior.mean, rows).item() * len(rows)
-            correct += (objectives.label_accuracy(out.posterior.mean, rows) or 0.0) * len(rows)
+            hits = objectives.label_hits(out.posterior.mean, rows)
+            if hits is not None:
+                correct, labelled = correct + hits[0], labelled + hits[1]
             means.append(out.posterior.mean.numpy())
         n = len(val_idx)
         beta = self.cfg.beta
@@ -554,7 +557,7 @@ class Trainer:
         return {
             "loss": (reconstruction + beta * kl + supervised) / n,
             "supervised": supervised / n,
-            "label_accuracy": correct / n if objectives.classifier is not None else None,
+            "label_accuracy": correct / labelled if labelled else None,
             "reconstruction": reconstruction / n,
             "kl": kl / n,
             "perplexity": math.exp(per_token),

@@ -102,6 +102,22 @@ def test_unlabelled_rows_do_not_enter_the_label_term():
     assert objectives.label_accuracy(codes, np.array([1, 3])) is None
 
 
+def test_label_accuracy_counts_the_labelled_rows_only():
+    """Validation rows in chunks, some of them without labels: the accuracy is over labelled rows."""
+    labels, _ = label_indices(["a", None, "b", None, None, "a"])
+    objectives = LatentObjectives(
+        metric="cosine", latent_dim=4, labels=labels, num_classes=2, label_weight=1.0, label_temperature=0.1,
+        teacher=None, teacher_weight=0.0, teacher_temperature=0.05, student_temperature=0.1, seed=0,
+    )
+    prototypes = objectives.classifier.prototypes.detach()
+    own = prototypes[torch.as_tensor([0, 0, 1, 0, 0, 0])]  # every labelled row at its own prototype
+    assert objectives.label_hits(own, np.arange(6)) == (3, 3)
+    assert objectives.label_hits(own[[1, 3, 4]], np.array([1, 3, 4])) == (0, 0)  # a chunk with no labels
+    wrong = prototypes[torch.as_tensor([1, 0, 1, 0, 0, 1])]  # rows 0 and 5 nearest the other prototype
+    assert objectives.label_hits(wrong, np.arange(6)) == (1, 3)
+    assert objectives.label_accuracy(wrong, np.arange(6)) == pytest.approx(1 / 3)
+
+
 def test_corruption_drops_swaps_or_deletes_but_never_empties():
     rng = np.random.default_rng(0)
     ids = list(range(10, 22))
