@@ -263,7 +263,15 @@ class ArtifactWriter:
             raise ArtifactError(f"cannot resume: {path} was trained on different data")
         if state.get("seed") != self.seed:
             raise ArtifactError(f"cannot resume: {path} was trained with seed {state.get('seed')}, not {self.seed}")
-        if state.get("sources", self._sources_key()) != self._sources_key():  # states from before this check pass
+        if state.get("stopped", "completed") != "completed":
+            how = "stopped early: its validation loss stopped improving" if state["stopped"] == "early_stopping" \
+                else f"stopped ({state['stopped']})"
+            raise ArtifactError(
+                f"cannot resume: the run in {path} {how} at epoch {state.get('epoch')}; more epochs would not be "
+                "the run it would have been (train again without --resume to change its settings)"
+            )
+        if state.get("sources", self._sources_key()) not in (self._sources_key(), self._sources_key(with_paths=True)):
+            # (states from before this check pass; those from before paths left the key carry them)
             raise ArtifactError(
                 f"cannot resume: {path} was trained with other transfer questions, pairs or start model "
                 "(--transfer, --no-transfer, --pairs, --init, or the defaults that choose them, differ)"
@@ -303,8 +311,14 @@ class ArtifactWriter:
         path = self.out_dir / TOKENIZER_FILE
         return _sha256(path.read_bytes()) if path.is_file() else None
 
-    def _sources_key(self) -> str:
-        return _sha256(json.dumps(self.sources, sort_keys=True).encode())
+    def _sources_key(self, with_paths: bool = False) -> str:
+        """What the transfer set, pairs and start model were, by content: the same pairs file or start
+        model under another path is the same source."""
+        sources = json.loads(json.dumps(self.sources))
+        if not with_paths:
+            sources.get("pairs", {}).pop("path", None)
+            sources.get("init", {}).pop("model", None)
+        return _sha256(json.dumps(sources, sort_keys=True).encode())
 
     def write_metrics(self, history: list, best_epoch: int, stopped: str, wall_seconds: float) -> None:
         from dataclasses import asdict

@@ -109,6 +109,10 @@ def annealing_done_at(total_epochs: int, cfg: TrainingConfig) -> float:
     return total_epochs / cfg.kl_cycles * cfg.kl_cycle_ratio
 
 
+# Fewer validation rows than this: no active units is not read as a collapse (the KL still is).
+MIN_ROWS_FOR_ACTIVE_UNITS = 10
+
+
 def count_active_units(means: np.ndarray, threshold: float) -> int:
     """Dimensions whose posterior mean varies across the data by more than `threshold` (Burda et al.)."""
     return int((means.var(axis=0) > threshold).sum())
@@ -402,6 +406,7 @@ class Trainer:
                     "best_loss": best_loss,
                     "best_epoch": best_epoch,
                     "stale": stale,
+                    "stopped": stopped,
                     "wall_seconds": wall,
                 }
             )
@@ -426,7 +431,9 @@ class Trainer:
             return None  # fixed kappa: the KL is a constant and cannot collapse
         if metrics.val_kl <= self.cfg.collapse_kl:
             return f"posterior collapse: KL fell to {metrics.val_kl:.4f} nats per question"
-        if metrics.active_units == 0:
+        # Active units are the variance of the validation means: with a handful of validation rows
+        # (one row has none) they say nothing about the latent.
+        if metrics.active_units == 0 and len(self.validation_rows) >= MIN_ROWS_FOR_ACTIVE_UNITS:
             return "posterior collapse: no active latent units"
         return None
 

@@ -132,6 +132,25 @@ def test_collapse_is_detected_reported_and_stops_training(tiny_corpus_file, tiny
     assert json.loads((tmp_path / "collapsed" / "metrics.json").read_text())["stopped"] == "collapse"
 
 
+def test_a_corpus_with_one_validation_row_is_not_called_collapsed(tiny_corpus_rows, tiny_settings, tmp_path):
+    """One validation mean has no variance: no active units then says nothing about the latent."""
+    import csv
+    import warnings
+
+    small = tmp_path / "small.csv"
+    with small.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["text", "category"])
+        writer.writeheader()
+        writer.writerows({"text": row["text"], "category": row["category"]} for row in tiny_corpus_rows[:12])
+    settings = settings_with(tiny_settings, epochs=3, collapse_after_epochs=0.0, kl_schedule="constant", patience=10)
+    settings.architecture.latent = "gaussian"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CollapseWarning)
+        result = train(small, tmp_path / "small", settings)
+    assert result.stopped == "completed" and len(result.epochs) == 3
+    assert result.epochs[-1].active_units == 0 and result.epochs[-1].val_kl > settings.training.collapse_kl
+
+
 def test_free_bits_keep_the_kl_away_from_zero_under_the_same_pressure(tiny_corpus_file, tiny_settings, tmp_path):
     settings = settings_with(
         tiny_settings, epochs=3, beta=40.0, free_bits=0.5, kl_schedule="constant", collapse_after_epochs=0.0,
@@ -148,6 +167,29 @@ def test_training_stops_early_when_validation_loss_stops_improving(tiny_corpus_f
     assert result.stopped == "early_stopping"
     assert len(result.epochs) < 60
     assert result.best_epoch == min(result.epochs, key=lambda m: m.val_loss).epoch
+    # Resumed, it would train epochs the run it continues never would have: refused, saying why.
+    from app.model.artifact import ArtifactError
+
+    assert torch.load(tmp_path / "early" / "train_state.pt", weights_only=True)["stopped"] == "early_stopping"
+    with pytest.raises(ArtifactError, match=f"stopped early.*at epoch {len(result.epochs)}"):
+        train(tiny_corpus_file, tmp_path / "early", settings_with(settings.model_copy(deep=True), epochs=80), resume=True)
+
+
+def test_resume_knows_the_start_model_and_pairs_by_content_not_by_path(tiny_corpus_file, tiny_settings, tiny_model_dir,
+                                                                        tmp_path):
+    import shutil
+
+    from app.model.artifact import load_artifact
+
+    moved = tmp_path / "elsewhere" / "start"
+    shutil.copytree(tiny_model_dir, moved)
+    corpus = read_corpus(tiny_corpus_file, "text", "category")
+    first = Trainer(corpus, tmp_path / "m", settings_with(tiny_settings, epochs=1), seed=3, progress=False, log=quiet,
+                    init=load_artifact(tiny_model_dir))
+    first.run()
+    again = Trainer(corpus, tmp_path / "m", settings_with(tiny_settings, epochs=2), seed=3, progress=False, log=quiet,
+                    init=load_artifact(tmp_path / "elsewhere" / ".." / "elsewhere" / "start"))
+    assert len(again.run(resume=True).epochs) == 2
 
 
 def test_linear_annealing_ramps_then_holds():
