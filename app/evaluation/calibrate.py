@@ -811,6 +811,7 @@ def calibrate_after_training(
     1. labels (corpus.labels): same label = right; a seeded out_of_scope_fraction of the validation
        rows' labels is removed from the stored side, so their questions should get no match;
     2. a pairs file: the pairs' own top answers (see the module docstring), the corpus unused;
+       `qsim train` passes the pairs it held out of training (Trainer.held_out_pairs);
     3. teacher embeddings (N, E) of the corpus rows: pseudo-pairs (TEACHER_DUPLICATE_COSINE,
        TEACHER_NEIGHBOURS): the teacher's duplicates are the right answers, and a validation
        question without any is out of scope;
@@ -870,7 +871,8 @@ def calibrate_after_training(
         sweeps = sweep_pairs(encoder, pairs, options, seed=seed, max_queries=max_queries)
         described = {"kind": "pairs", "path": pairs.path, "sha256": pairs.sha256, "rows": len(pairs),
                      "duplicates": int(sum(pairs.duplicate))}
-        split = {"method": "every labelled pair of the pairs file", "pairs": len(pairs)}
+        split = {"method": "the pairs of the pairs file that training held out (every pair with a validation "
+                           "question on either side, and a seeded share of the others)", "pairs": len(pairs)}
         rule = "a marked duplicate = right (the pairs file's top-answer rule)"
     elif teacher is not None:
         source = "teacher"

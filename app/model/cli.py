@@ -211,7 +211,7 @@ def _train(args: argparse.Namespace) -> int:
             args.out,
             corpus,
             trainer.validation_rows,
-            pairs=pairs,
+            pairs=trainer.held_out_pairs,
             teacher=None if teacher is None else teacher[: len(corpus)],
             target_precision=args.target_precision,
             log=print,

@@ -282,14 +282,40 @@ class Trainer:
                 transfer_rows.append(position[text])
         if self.pairs is None:
             return texts, np.array(transfer_rows, dtype=np.int64), np.zeros((0, 2), dtype=np.int64), None
-        pair_rows = []
-        for left, right in zip(self.pairs.left, self.pairs.right, strict=True):
+        pair_rows, duplicate = [], []
+        for left, right, same, held in zip(self.pairs.left, self.pairs.right, self.pairs.duplicate,
+                                           self._held_out_pair_flags(), strict=True):
+            if held:
+                continue
             for text in (left, right):
                 if text not in position:
                     position[text] = len(texts)
                     texts.append(text)
             pair_rows.append((position[left], position[right]))
-        return texts, np.array(transfer_rows, dtype=np.int64), np.array(pair_rows, dtype=np.int64), np.array(self.pairs.duplicate)
+            duplicate.append(same)
+        return (texts, np.array(transfer_rows, dtype=np.int64), np.array(pair_rows, dtype=np.int64).reshape(-1, 2),
+                np.array(duplicate, dtype=bool))
+
+    def _held_out_pair_flags(self) -> list[bool]:
+        """Which pairs training leaves out, for the calibration that ends it: every pair with a
+        validation question on either side (training on it would teach the model the validation rows)
+        and a seeded val_fraction of the others (so that a pairs file beside the corpus leaves some)."""
+        validation = {self.corpus.texts[i] for i in self.validation_rows}
+        rng = np.random.default_rng([self.seed, 0x9A125])
+        draws = rng.random(len(self.pairs))
+        return [left in validation or right in validation or bool(draw < self.cfg.val_fraction)
+                for left, right, draw in zip(self.pairs.left, self.pairs.right, draws, strict=True)]
+
+    @property
+    def held_out_pairs(self) -> PairsCorpus | None:
+        """The pairs training left out (_held_out_pair_flags); None without a pairs file. Known once
+        run() has split the corpus."""
+        if self.pairs is None:
+            return None
+        kept = [i for i, held in enumerate(self._held_out_pair_flags()) if held]
+        return PairsCorpus([self.pairs.left[i] for i in kept], [self.pairs.right[i] for i in kept],
+                           [self.pairs.duplicate[i] for i in kept], sha256=self.pairs.sha256, path=self.pairs.path,
+                           columns=self.pairs.columns)
 
     def run(self, resume: bool = False) -> TrainResult:
         torch.manual_seed(self.seed)

@@ -196,16 +196,21 @@ def test_known_pairs_pull_duplicates_together(tiny_corpus_file, tmp_path):
         left + left, right + right[1:] + right[:1], [True] * 3 + [False] * 3, sha256="pairs", path="pairs.csv"
     )
 
-    def duplicate_distance(model_dir):
-        encoder = QuestionEncoder.load(model_dir)
-        a, b = (unit(encoder.encode(side).mean) for side in (left, right))
-        return float(np.mean(1 - (a * b).sum(1)))
-
     plain, paired = tmp_path / "plain", tmp_path / "paired"
     Trainer(corpus, plain, tiny(label_weight=0.0), seed=2, progress=False, log=lambda _: None).run()
-    Trainer(corpus, paired, tiny(label_weight=0.0, pairs_weight=5.0), seed=2, progress=False, log=lambda _: None,
-            pairs=pairs).run()
+    trainer = Trainer(corpus, paired, tiny(label_weight=0.0, pairs_weight=5.0), seed=2, progress=False,
+                      log=lambda _: None, pairs=pairs)
+    trainer.run()
     assert json.loads((paired / "config.json").read_text())["data"]["pairs"]["rows"] == 6
+    held = set(zip(trainer.held_out_pairs.left, trainer.held_out_pairs.right, strict=True))
+    trained = [(a, b) for a, b in zip(left, right, strict=True) if (a, b) not in held]
+    assert len(trained) >= 2  # what the pairs term learned from (the calibration's pairs are held out)
+
+    def duplicate_distance(model_dir):
+        encoder = QuestionEncoder.load(model_dir)
+        a, b = (unit(encoder.encode([pair[side] for pair in trained]).mean) for side in (0, 1))
+        return float(np.mean(1 - (a * b).sum(1)))
+
     assert duplicate_distance(paired) < duplicate_distance(plain)
 
 
@@ -252,3 +257,30 @@ def test_distillation_moves_the_latent_towards_the_teacher(tiny_corpus_file, tmp
     assert agreement(taught) > agreement(plain) + 0.1
     metrics = json.loads((taught / "metrics.json").read_text())["epochs"][-1]
     assert metrics["val_reconstruction"] > 0 and metrics["val_kl"] > 0  # still a VAE: both terms reported
+
+
+def test_pairs_with_a_validation_question_are_held_out_of_training_for_the_calibration(tiny_corpus_file, tmp_path):
+    """Trained on, a pair would teach the model the validation rows its calibration is judged on."""
+    from app.model.data import read_corpus
+
+    corpus = read_corpus(tiny_corpus_file, "text")
+    trainer = Trainer(corpus, tmp_path / "m", tiny(label_weight=0.0, epochs=1), seed=2, progress=False, log=lambda _: None,
+                      pairs=PairsCorpus([], [], []))
+    trainer.run()
+    validation = [corpus.texts[i] for i in trainer.validation_rows]
+    training = [corpus.texts[i] for i in range(len(corpus)) if i not in set(trainer.validation_rows.tolist())]
+    left = [validation[0], training[0], "a question only the pairs file has", training[1]]
+    right = [training[2], validation[1], "another question only the pairs file has", training[3]]
+    pairs = PairsCorpus(left * 10, right * 10, [True, False, True, True] * 10, sha256="p", path="p.csv")
+    trainer = Trainer(corpus, tmp_path / "p", tiny(label_weight=0.0, epochs=1), seed=2, progress=False,
+                      log=lambda _: None, pairs=pairs)
+    trainer.run()
+    held = trainer.held_out_pairs
+    held_pairs = set(zip(held.left, held.right, strict=True))
+    assert {(validation[0], training[2]), (training[0], validation[1])} <= held_pairs
+    trained = trainer._pairs[0]
+    texts, *_ = trainer._texts()
+    trained_pairs = {(texts[a], texts[b]) for a, b in trained}
+    assert not trained_pairs & {(validation[0], training[2]), (training[0], validation[1])}
+    assert (training[1], training[3]) in trained_pairs  # pairs of training questions train
+    assert len(held) < len(pairs) and held.sha256 == "p"

@@ -33,6 +33,31 @@ def test_a_freshly_trained_model_is_calibrated_on_its_validation_rows(tiny_corpu
     assert "calibrated on labels" in capsys.readouterr().out
 
 
+def test_a_model_trained_with_pairs_is_calibrated_on_the_pairs_it_did_not_learn_from(tiny_corpus_rows, tmp_path):
+    import csv
+
+    corpus = tmp_path / "unlabelled.csv"
+    with corpus.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text"])
+        writer.writerows([row["text"]] for row in tiny_corpus_rows)
+    pairs = tmp_path / "pairs.csv"
+    texts = [row["text"] for row in tiny_corpus_rows]
+    with pairs.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["first", "second", "duplicate"])
+        for i, row in enumerate(tiny_corpus_rows[:-1]):
+            following = tiny_corpus_rows[i + 1]
+            writer.writerow([texts[i], texts[i + 1], int(row["category"] == following["category"])])
+    out = tmp_path / "paired"
+    assert main(["train", "--corpus", str(corpus), "--text-column", "text", "--pairs", str(pairs), "--config",
+                 str(tiny_config(tmp_path, epochs=1)), "--out", str(out), "--no-progress", "--teacher", "none",
+                 "--target-precision", "0.1"]) == 0
+    calibration = json.loads((out / "config.json").read_text())["settings"]["search"]["calibration"]
+    assert calibration["source"] == "pairs" and "held out" in calibration["split"]["method"]
+    assert 0 < calibration["split"]["pairs"] < len(texts) - 1
+
+
 def test_no_calibrate_leaves_the_uncalibrated_defaults(tiny_corpus_file, tmp_path):
     config = tiny_config(tmp_path, epochs=1)
     out = tmp_path / "raw"
