@@ -206,6 +206,8 @@ class ArtifactWriter:
         self.seed = seed
         self.command = command
         self.sources = sources or {}
+        # A run resumed from a state saved before copies were kept together keeps its own split.
+        self.validation_split = SPLIT_KEEPS_COPIES_TOGETHER
 
     def write_model(self, model: SequenceVAE, tokenizer: Tokenizer) -> str:
         weights = _state_dict_bytes(model)
@@ -226,7 +228,7 @@ class ArtifactWriter:
                 "rows": len(self.corpus),
                 "text_column": self.corpus.text_column,
                 "label_column": self.corpus.label_column,
-                "validation_split": SPLIT_KEEPS_COPIES_TOGETHER,
+                "validation_split": self.validation_split,
                 **self.sources,
             },
             "seed": self.seed,

@@ -191,6 +191,10 @@ def _train(args: argparse.Namespace) -> int:
     transfer = [text for path in _transfer_files(args, settings.training.teacher) for text in read_lines(path)]
     pairs = read_pairs(args.pairs, tuple(args.pair_columns) if args.pair_columns else None) if args.pairs else None
     init = load_artifact(args.init) if args.init else None
+    if init is not None and "sampling" not in settings.model_fields_set:
+        # How codes are drawn (K, temperature, float32 or float64) is the start model's unless the
+        # --config file says otherwise: a fine-tuned model keeps the rule it was calibrated for.
+        settings.sampling = init.settings.sampling.model_copy()
     if not 0 < args.target_precision <= 1:
         raise CommandError(f"--target-precision must be in (0, 1], got {args.target_precision}")
     previous = _set_aside(args.out) if replace else None  # every check passed, an --init model already loaded
@@ -207,15 +211,20 @@ def _train(args: argparse.Namespace) -> int:
         from app.evaluation.calibrate import calibrate_after_training
 
         teacher = trainer.teacher_vectors
-        calibrate_after_training(
-            args.out,
-            corpus,
-            trainer.validation_rows,
-            pairs=trainer.held_out_pairs,
-            teacher=None if teacher is None else teacher[: len(corpus)],
-            target_precision=args.target_precision,
-            log=print,
-        )
+        try:
+            calibrate_after_training(
+                args.out,
+                corpus,
+                trainer.validation_rows,
+                pairs=trainer.held_out_pairs,
+                teacher=None if teacher is None else teacher[: len(corpus)],
+                target_precision=args.target_precision,
+                log=print,
+            )
+        except BaseException:
+            print(f"note: the model in {args.out} is trained but not calibrated (it keeps the uncalibrated search "
+                  f"defaults); calibrate it with `qsim calibrate --model {args.out} ...`", file=sys.stderr)
+            raise
     return 0
 
 

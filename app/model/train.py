@@ -326,6 +326,7 @@ class Trainer:
             len(self.corpus), self.cfg.val_fraction, self.seed, self.corpus.texts if together else None
         )
         self.validation_rows = val_idx
+        self.writer.validation_split = SPLIT_KEEPS_COPIES_TOGETHER if together else "rows"
         texts, transfer_rows, pair_rows, pair_duplicate = self._texts()
         if resume and state is None:
             self.log(f"no {TRAIN_STATE_FILE} in {self.out_dir}; starting from scratch")

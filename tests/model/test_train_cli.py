@@ -273,3 +273,22 @@ def test_an_overwrite_whose_calibration_fails_keeps_the_new_model(tiny_corpus_fi
     assert "calibration failed" in capsys.readouterr().err
     assert (out / "model.pt").read_bytes() != old_weights and json.loads((out / "config.json").read_text())["seed"] == 5
     assert not (out / ".previous").exists()
+
+
+def test_init_keeps_the_start_models_sampling_unless_the_config_sets_one(tiny_corpus_file, tmp_path):
+    start_config = tmp_path / "start.json"
+    settings = tiny_architecture()
+    settings["training"]["epochs"] = 1
+    settings["sampling"] = {"temperature": 0.4, "precision": "float64"}
+    start_config.write_text(json.dumps(settings))
+    start, tuned, chosen = tmp_path / "start", tmp_path / "tuned", tmp_path / "chosen"
+    common = ["--corpus", str(tiny_corpus_file), "--text-column", "text", "--no-progress", "--no-calibrate",
+              "--teacher", "none"]
+    assert main(["train", *common, "--config", str(start_config), "--out", str(start)]) == 0
+    assert main(["train", *common, "--init", str(start), "--epochs", "1", "--out", str(tuned)]) == 0
+    sampling = json.loads((tuned / "config.json").read_text())["settings"]["sampling"]
+    assert (sampling["temperature"], sampling["precision"]) == (0.4, "float64")
+    own = tmp_path / "own.json"
+    own.write_text(json.dumps({"training": {"epochs": 1}, "sampling": {"temperature": 0.3}}))
+    assert main(["train", *common, "--init", str(start), "--config", str(own), "--out", str(chosen)]) == 0
+    assert json.loads((chosen / "config.json").read_text())["settings"]["sampling"]["temperature"] == 0.3
