@@ -41,8 +41,8 @@ from app.search.sources import (
     dense_question_bounds,
     subset_source,
 )
+from app.search.storage import IndexFileError, load_threads, parallel_map, read_index, write_index
 from app.search.storage import index_exists as _index_exists
-from app.search.storage import load_threads, parallel_map, read_index, write_index
 
 log = logging.getLogger(__name__)
 
@@ -576,10 +576,13 @@ class SimilarityIndex:
             "kind": expected_kind,
         }, threads=threads)
         header = stored.header
-        index = cls(
-            header["dim"], header["samples_per_item"], header["metric"], header["kind"], device,
-            header["model_id"], **options,
-        )
+        try:
+            index = cls(
+                header["dim"], header["samples_per_item"], header["metric"], header["kind"], device,
+                header["model_id"], **options,
+            )
+        except ValueError as error:  # a header no index of this qsim could have written
+            raise IndexFileError(f"index manifest in {directory} describes no index qsim can serve: {error}") from None
 
         def bounded(part) -> Segment:
             partition = Partition.from_arrays(part.partition)

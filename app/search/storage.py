@@ -32,6 +32,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -42,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from app.search.bounds import MAX_ABS_CODE
 
 FORMAT = "qsim-latent-index"
 FORMAT_VERSION = 1
@@ -54,6 +57,10 @@ PARTITION_ARRAYS = (
     "offsets", "centres", "centre_norms", "radii", "max_norms",
     "group_offsets", "group_centres", "group_centre_norms", "group_radii",
 )
+
+
+# The file and segment names a manifest may use: plain names inside its snapshot directory.
+_PLAIN_NAME = re.compile(r"[0-9A-Za-z][0-9A-Za-z_.-]*")
 
 
 class IndexFileError(Exception):
@@ -356,6 +363,9 @@ def _read_snapshot(
 ) -> StoredIndex:
     _check_header(directory, manifest, expected)
     files = manifest["files"]
+    for name in [*files, *(described["name"] for described in manifest["segments"])]:
+        if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name):
+            raise IndexFileError(f"index manifest {snapshot / MANIFEST} names a file outside its snapshot: {name!r}")
     # Largest first, so that the threads finish together.
     by_size = sorted(files.items(), key=lambda item: -item[1]["bytes"])
     parallel_map(lambda item: _verify_file(snapshot / item[0], item[1]), by_size, threads)
@@ -423,8 +433,10 @@ def _read_segment(snapshot: Path, described: dict, manifest: dict, files: dict) 
     _expect(live, (n,), np.bool_, snapshot / f"{name}.live.npy")
     if int(live.sum()) != described["live"]:
         raise IndexFileError(f"index file {snapshot / f'{name}.live.npy'} disagrees with the manifest")
-    if not np.isfinite(codes).all():
-        raise IndexFileError(f"index file {snapshot / f'{name}.codes.npy'} holds non-finite codes")
+    if not np.isfinite(codes).all() or (codes.size and float(np.abs(codes).max()) > MAX_ABS_CODE):
+        raise IndexFileError(
+            f"index file {snapshot / f'{name}.codes.npy'} holds non-finite codes or codes above {MAX_ABS_CODE:g}"
+        )
     path = snapshot / f"{name}.partition.npz"
     try:
         with np.load(path, allow_pickle=False) as archive:

@@ -128,6 +128,42 @@ def test_a_manifest_whose_count_disagrees_is_refused(saved):
         SimilarityIndex.load(directory, device="cpu")
 
 
+def test_a_manifest_naming_a_file_outside_its_snapshot_is_refused(saved):
+    _, directory = saved
+    path = snapshot_of(directory) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["segments"][0]["name"] = "../elsewhere"
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(IndexFileError, match="names a file outside its snapshot: '../elsewhere'"):
+        SimilarityIndex.load(directory, device="cpu")
+
+
+def test_a_manifest_of_an_impossible_index_is_refused_as_a_bad_file(saved):
+    _, directory = saved
+    path = snapshot_of(directory) / "manifest.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"metric": "manhattan"}))
+    with pytest.raises(IndexFileError, match="describes no index qsim can serve"):
+        SimilarityIndex.load(directory, device="cpu")
+
+
+def test_codes_beyond_what_the_search_bounds_cover_are_refused(saved):
+    """The bounds of the exact search assume |code| <= MAX_ABS_CODE: a file beyond it is not served."""
+    import hashlib
+
+    _, directory = saved
+    codes_path = a_codes_file(directory)
+    codes = np.load(codes_path)
+    codes[0, 0, 0] = 1e30
+    np.save(codes_path, codes)
+    manifest_path = snapshot_of(directory) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    data = codes_path.read_bytes()  # the checksums vouch for the file: only the values are wrong
+    manifest["files"][codes_path.name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(IndexFileError, match="codes above 1e\\+15"):
+        SimilarityIndex.load(directory, device="cpu")
+
+
 def test_no_index_and_a_dangling_pointer_are_refused(tmp_path, saved):
     _, directory = saved
     assert not SimilarityIndex.exists(tmp_path / "nothing")
