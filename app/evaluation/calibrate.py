@@ -20,9 +20,9 @@ Two objectives:
   smaller t. Without a target: the most net right answers. (The bound: on the tiny test model, a
   point chosen as the most net right answers, 12 of 17 right on one split, was right 4 times in 13 on
   another; a few lucky answers must not pass for a precision.) With a floor on out-of-scope silence
-  (min_no_match), its bound counts the held-out labels rather than their questions once there are
-  ten or more (TopAnswerSweep.no_match_bound): a label the model confuses with a stored one is
-  answered with all its questions, so the next unknown label, not the next question, is the unit.
+  (min_no_match), its bound is the lower of the one over questions and, once ten or more labels are
+  held out, the one over labels (TopAnswerSweep.no_match_bound): a label the model confuses with a
+  stored one is answered with all its questions, so the next unknown label is the unit too.
 - "pairs": every returned question counts, micro precision and recall over all (query, stored
   question) pairs: the (t, n) of best F1, or with a target precision the largest recall at
   precision >= target (ties: fewer pairs, then the smaller threshold).
@@ -355,6 +355,8 @@ def sweep_pairs(
 ) -> Sweeps:
     """The pairwise sweep over every labelled pair; with tops (the default), also the top answers
     (see the module docstring), their split described in Sweeps.top_split."""
+    if len(pairs) == 0:
+        raise CalibrationError(f"{pairs.path or 'the pairs'}: no pairs to calibrate on")
     k = encoder.samples_per_question
     texts = sorted(set(pairs.left) | set(pairs.right))
     position = {text: i for i, text in enumerate(texts)}

@@ -654,7 +654,8 @@ def labelled_rule_sweeps(
 
 
 def label_groups(labels: Sequence[str | None]) -> np.ndarray:
-    """Each label's position among the sorted distinct labels (-1 for None): the same numbers for
-    the same queries in every draw of held-out labels, so pooled draws keep one group per label."""
+    """Each label's position among the sorted distinct labels, and a group of its own for each
+    query without one (-1, -2, ...): the same numbers for the same queries in every draw of held-out
+    labels, so pooled draws keep one group per label."""
     names = {name: i for i, name in enumerate(sorted({x for x in labels if x is not None}))}
-    return np.array([-1 if x is None else names[x] for x in labels], dtype=np.int64)
+    return np.array([-(i + 1) if x is None else names[x] for i, x in enumerate(labels)], dtype=np.int64)

@@ -126,6 +126,17 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     return config
 
 
+def _with_defaults(saved: dict) -> dict:
+    """Resumable settings saved by an older qsim, with the settings added since at their defaults
+    (what that run trained with); as saved when they no longer validate."""
+    try:
+        settings = ModelSettings.model_validate(saved).model_dump(include=set(saved), mode="json")
+    except ValidationError:
+        return saved
+    settings.get("training", {}).pop("epochs", None)
+    return settings
+
+
 def _flat(settings: dict, prefix: str = "") -> dict:
     """{"training": {"learning_rate": 1e-3}} -> {"training.learning_rate": 1e-3}"""
     flat = {}
@@ -288,7 +299,7 @@ class ArtifactWriter:
             raise ArtifactError(f"cannot resume: {path} belongs to another run than {self.out_dir / TOKENIZER_FILE} "
                                 "(a later run into this directory replaced the tokenizer)")
         if "settings" in state:  # states from before this check pass
-            saved, now = _flat(json.loads(state["settings"])), _flat(self._resumable_settings())
+            saved, now = _flat(_with_defaults(json.loads(state["settings"]))), _flat(self._resumable_settings())
             changed = sorted(key for key in saved.keys() | now.keys() if saved.get(key) != now.get(key))
             if changed:
                 shown = ", ".join(f"{key} {saved.get(key)!r} -> {now.get(key)!r}" for key in changed[:4])

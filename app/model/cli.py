@@ -194,7 +194,14 @@ def _train(args: argparse.Namespace) -> int:
     if init is not None and "sampling" not in settings.model_fields_set:
         # How codes are drawn (K, temperature, float32 or float64) is the start model's unless the
         # --config file says otherwise: a fine-tuned model keeps the rule it was calibrated for.
-        settings.sampling = init.settings.sampling.model_copy()
+        from pydantic import ValidationError
+
+        from app.model.config import validation_problems
+
+        try:
+            settings = type(settings).model_validate(settings.model_dump() | {"sampling": init.settings.sampling.model_dump()})
+        except ValidationError as error:
+            raise CommandError(f"--init {args.init}'s sampling with these settings: {validation_problems(error)}") from None
     if not 0 < args.target_precision <= 1:
         raise CommandError(f"--target-precision must be in (0, 1], got {args.target_precision}")
     previous = _set_aside(args.out) if replace else None  # every check passed, an --init model already loaded
@@ -211,12 +218,16 @@ def _train(args: argparse.Namespace) -> int:
         from app.evaluation.calibrate import calibrate_after_training
 
         teacher = trainer.teacher_vectors
+        held_out = trainer.held_out_pairs
+        if held_out is not None and len(held_out) == 0:
+            print(f"note: training held none of {args.pairs}'s pairs out, so the calibration cannot use them")
+            held_out = None
         try:
             calibrate_after_training(
                 args.out,
                 corpus,
                 trainer.validation_rows,
-                pairs=trainer.held_out_pairs,
+                pairs=held_out,
                 teacher=None if teacher is None else teacher[: len(corpus)],
                 target_precision=args.target_precision,
                 log=print,

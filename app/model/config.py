@@ -48,8 +48,8 @@ class TrainingConfig(_Strict):
     learning_rate: float = Field(1.5e-3, gt=0)
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="cosine: the learning rate falls from learning_rate along a half cosine to "
-        "learning_rate * min_learning_rate_fraction at the run's last step (the run is `epochs` long; "
-        "--resume with more epochs stretches what is left of it)"
+        "learning_rate * min_learning_rate_fraction at the end of the run (`epochs` long; --resume with more "
+        "epochs goes on along the longer run's cosine, so the rate steps back up to where that run would be)"
     )
     min_learning_rate_fraction: float = Field(0.02, ge=0, le=1, description="cosine: the last step's share of learning_rate")
     weight_decay: float = Field(0.0, ge=0)
@@ -166,8 +166,12 @@ def load_settings_file(path: Path | None) -> ModelSettings:
     try:
         return ModelSettings.model_validate(data)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"].removeprefix("Value error, ")
-            for e in error.errors()
-        )
-        raise ConfigFileError(f"config file {path}: {problems}") from None
+        raise ConfigFileError(f"config file {path}: {validation_problems(error)}") from None
+
+
+def validation_problems(error: ValidationError) -> str:
+    """A settings ValidationError as one line: each problem with the setting it is about."""
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"].removeprefix("Value error, ")
+        for e in error.errors()
+    )

@@ -328,6 +328,9 @@ class Trainer:
         self.validation_rows = val_idx
         self.writer.validation_split = SPLIT_KEEPS_COPIES_TOGETHER if together else "rows"
         texts, transfer_rows, pair_rows, pair_duplicate = self._texts()
+        if self.pairs is not None:
+            self.log(f"pairs: {len(pair_rows)} of {len(self.pairs)} train the pairs term; the others (every pair with "
+                     "a validation question, and a seeded share of the rest) are held out for the calibration")
         if resume and state is None:
             self.log(f"no {TRAIN_STATE_FILE} in {self.out_dir}; starting from scratch")
         if state is not None:

@@ -359,8 +359,12 @@ class ChangeApplier:
         # A worker still loading replays the log in its load, this change included: its last
         # catch-up takes the lock after this write committed (load_now); the workers already
         # serving must apply it too.
-        with self._loading_lock:
+        if not self._loading_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            return self._lagging(revision, "this worker (loading)")
+        try:
             live = self._state is not None
+        finally:
+            self._loading_lock.release()
         if live and not self._wait_applied_here(revision, deadline):
             return self._lagging(revision, "this worker")
         return self._wait_replicas(lambda replica: replica.revision >= revision, deadline, f"change {revision}")

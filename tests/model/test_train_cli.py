@@ -292,3 +292,18 @@ def test_init_keeps_the_start_models_sampling_unless_the_config_sets_one(tiny_co
     own.write_text(json.dumps({"training": {"epochs": 1}, "sampling": {"temperature": 0.3}}))
     assert main(["train", *common, "--init", str(start), "--config", str(own), "--out", str(chosen)]) == 0
     assert json.loads((chosen / "config.json").read_text())["settings"]["sampling"]["temperature"] == 0.3
+
+
+def test_pairs_all_used_for_training_leave_the_calibration_to_the_next_source(tiny_corpus_file, tmp_path, monkeypatch,
+                                                                             capsys):
+    from app.model.train import Trainer
+
+    monkeypatch.setattr(Trainer, "_held_out_pair_flags", lambda self: [False] * len(self.pairs))
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("first,second,duplicate\nwhere is my new card,has my card been sent,1\n")
+    out = tmp_path / "m"
+    assert main(["train", "--corpus", str(tiny_corpus_file), "--text-column", "text", "--pairs", str(pairs),
+                 "--config", str(tiny_config(tmp_path, epochs=1)), "--out", str(out), "--no-progress",
+                 "--teacher", "none"]) == 0
+    assert "held none of" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["settings"]["search"]["calibration"]["source"] != "pairs"

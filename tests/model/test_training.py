@@ -175,7 +175,7 @@ def test_training_stops_early_when_validation_loss_stops_improving(tiny_corpus_f
         train(tiny_corpus_file, tmp_path / "early", settings_with(settings.model_copy(deep=True), epochs=80), resume=True)
 
 
-def test_resume_knows_the_start_model_and_pairs_by_content_not_by_path(tiny_corpus_file, tiny_settings, tiny_model_dir,
+def test_resume_knows_the_start_model_by_content_not_by_path(tiny_corpus_file, tiny_settings, tiny_model_dir,
                                                                         tmp_path):
     import shutil
 
@@ -228,3 +228,23 @@ def test_active_units_count_dimensions_whose_means_vary():
     rng = np.random.default_rng(0)
     means = np.concatenate([rng.normal(0, 1, (500, 3)), rng.normal(0, 0.01, (500, 5))], axis=1)
     assert count_active_units(means, 0.01) == 3
+
+
+def test_a_state_saved_before_a_setting_existed_resumes_with_its_default(tiny_corpus_file, tiny_settings, tmp_path):
+    """A state written by an older qsim lacks the settings added since (they were at their defaults)."""
+    import json as json_module
+
+    train(tiny_corpus_file, tmp_path / "m", settings_with(tiny_settings, epochs=1))
+    path = tmp_path / "m" / "train_state.pt"
+    state = torch.load(path, weights_only=True)
+    saved = json_module.loads(state["settings"])
+    for key in ("lr_schedule", "min_learning_rate_fraction"):
+        del saved["training"][key]
+    del state["stopped"]
+    torch.save(state | {"settings": json_module.dumps(saved)}, path)
+    assert len(train(tiny_corpus_file, tmp_path / "m", settings_with(tiny_settings, epochs=2), resume=True).epochs) == 2
+    cosine = settings_with(tiny_settings, epochs=3, lr_schedule="cosine")
+    from app.model.artifact import ArtifactError
+
+    with pytest.raises(ArtifactError, match="training.lr_schedule 'constant' -> 'cosine'"):
+        train(tiny_corpus_file, tmp_path / "m", cosine, resume=True)
