@@ -62,6 +62,10 @@ GPU_BATCH_QUERIES = 256
 # questions the filter drops masked out (both exact).
 SUBSET_MAX_QUESTIONS = 4096
 SUBSET_MAX_FRACTION = 0.05
+# An approximate segment proposes candidates from all its questions before the filter masks them,
+# so a filter that keeps under this share of them would lose most of its matches to the mask: such
+# a segment reads the questions that pass instead (exactly).
+APPROXIMATE_MIN_KEPT_FRACTION = 0.5
 # Questions per partition block (k-means cluster). Smaller blocks bound tighter, more blocks cost
 # more to bound: with question caps (cosine) 16-32 read about the same at 100k real codes, and 32
 # was the faster at 1M synthetic l2 codes (no question caps there) than 16 or the former 48.
@@ -271,7 +275,9 @@ class SimilarityIndex:
             mask = np.zeros(view.segment.size, dtype=bool)
             mask[rows] = True
             views.append(SegmentView(view.segment, mask, len(rows)))
-            if len(rows) <= SUBSET_MAX_QUESTIONS or len(rows) <= SUBSET_MAX_FRACTION * view.segment.size:
+            few = len(rows) <= SUBSET_MAX_QUESTIONS or len(rows) <= SUBSET_MAX_FRACTION * view.segment.size
+            masked_away = view.segment.approximate is not None and len(rows) < APPROXIMATE_MIN_KEPT_FRACTION * view.segment.size
+            if few or masked_away:
                 subsets[view.segment.name] = np.sort(rows)
         return Snapshot(tuple(views), snapshot.revision), subsets
 

@@ -80,3 +80,24 @@ def test_small_segments_of_an_approximate_index_are_searched_exactly():
     index = SimilarityIndex(8, 4, "l2", "hnsw", device="cpu", model_id="m")  # 1500 < default minimum
     index.add(IDS, CODES)
     assert index.search(QUERIES, threshold=1.0) == [brute_force_search(q, IDS, CODES, threshold=1.0) for q in QUERIES]
+
+
+def test_a_filter_that_keeps_a_minority_of_an_approximate_segment_finds_every_match_that_passes():
+    """Proposed from every question and masked only then, an approximate segment's candidates are a
+    query's own neighbourhood: under a filter that drops that neighbourhood (another tenant's
+    questions) none would be left. The questions that pass are read instead."""
+    rng = np.random.default_rng(21)
+    centres = rng.normal(0, 4, size=(40, 8))
+    cluster = rng.integers(0, 40, 12_000)
+    codes = (centres[cluster][:, None, :] + rng.normal(0, 0.3, (12_000, 4, 8))).astype(np.float32)
+    ids = np.arange(12_000, dtype=np.int64)
+    index = SimilarityIndex(8, 4, "l2", "ivf", device="cpu", model_id="m", approximate_min_questions=500, nlist=64,
+                            nprobe=2)
+    index.add(ids, codes)
+    kept = cluster < 17  # about 5,100 questions: more than a subset, under half of the segment
+    queries = (codes[np.flatnonzero(cluster >= 30)[:3]] + rng.normal(0, 0.1, (3, 4, 8))).astype(np.float32)
+    for threshold in (1e6, 60.0):  # ranking, and a radius that reaches the kept clusters
+        found = index.search(queries, threshold=threshold, min_pairs=1, limit=20, allowed=ids[kept])
+        for query, result in zip(queries, found, strict=True):
+            expected = brute_force_search(query, ids[kept], codes[kept], threshold=threshold, min_pairs=1, limit=20)
+            assert result == expected and len(expected) == 20
