@@ -544,7 +544,7 @@ class Trainer:
             optimizer.step()
             n = len(rows)
             seen += n
-            totals["loss"] += (reconstruction.item() + beta * out.kl.mean().item() + supervised.item()) * n
+            totals["loss"] += loss.item() * n  # what was optimised: the KL term with its free bits
             totals["supervised"] += supervised.item() * n
             totals["reconstruction"] += reconstruction.item() * n
             totals["kl"] += out.kl.mean().item() * n
