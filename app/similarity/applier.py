@@ -58,6 +58,11 @@ class ModelChangedDuringRebuild(ConflictError):
     another model: publishing it would serve the old model under the new generation."""
 
 
+# A model switch waits for workers heard from within max(FACTOR x QSIM_REPLICA_TIMEOUT_SECONDS,
+# SECONDS): longer than a write does, since one given up on keeps answering with the old model.
+FOLLOWER_LIVENESS_FACTOR = 5
+FOLLOWER_LIVENESS_SECONDS = 10.0
+
 class ChangeApplier:
     def __init__(
         self,
@@ -380,12 +385,22 @@ class ChangeApplier:
                 self._applied.wait(min(remaining, 0.05))
         return True
 
-    def _wait_replicas(self, reached: Callable[[ReplicaProgress], bool], deadline: float, what: str) -> bool:
+    def wait_followers(self, generation: int, timeout: float) -> bool:
+        """After this worker switched the model: waits (at most `timeout`) until every other worker
+        reports serving `generation`. A worker whose beats paused for a few seconds (a loaded machine,
+        the follow itself) still counts here: given up on, it would go on answering with the previous
+        model after the switch was reported done."""
+        alive_within = max(self.settings.replica_timeout_seconds * FOLLOWER_LIVENESS_FACTOR, FOLLOWER_LIVENESS_SECONDS)
+        return self._wait_replicas(lambda replica: replica.generation >= generation, time.monotonic() + timeout,
+                                   f"model generation {generation}", alive_within)
+
+    def _wait_replicas(self, reached: Callable[[ReplicaProgress], bool], deadline: float, what: str,
+                       alive_within: float | None = None) -> bool:
         slowest = poll = max(self.settings.applier_poll_ms / 2000.0, 0.005)
         nudged = False
         while True:
             try:
-                replicas = self.service_state.live_replicas(self.settings.replica_timeout_seconds)
+                replicas = self.service_state.live_replicas(alive_within or self.settings.replica_timeout_seconds)
             except SQLAlchemyError as error:
                 # The write this waits for is committed: a database blip now must not answer it
                 # "unavailable, retry" (the retry would store it twice). It is stored; say it lags.
@@ -441,11 +456,7 @@ class ChangeApplier:
         self._report(new_state, force=True)
         self.save()
         if activate is not None:
-            deadline = time.monotonic() + self.settings.model_switch_timeout_seconds
-            generation = new_state.generation
-            followed = self._wait_replicas(
-                lambda replica: replica.generation >= generation, deadline, f"model generation {generation}"
-            )
+            followed = self.wait_followers(new_state.generation, self.settings.model_switch_timeout_seconds)
             if previous is not None and followed:
                 self.builder.drop_collection(previous)  # nobody reads the previous build any more
         return new_state

@@ -406,3 +406,25 @@ def test_a_restart_that_caught_up_with_the_log_saves_the_caught_up_index(setting
         assert loading.builder.load_saved(encoder, active.generation).revision == latest
     finally:
         database.dispose()
+
+
+def test_a_model_switch_waits_for_a_worker_whose_beats_paused_for_a_few_seconds(settings, first_run):
+    """A write stops waiting for a worker not heard from for QSIM_REPLICA_TIMEOUT_SECONDS; a switch
+    waits longer for it: given up on, it would answer with the previous model after the switch."""
+    from app.admin.repository import ReplicaProgress
+
+    database = open_database(settings.database_url)
+    switcher, _ = ChangeApplier.for_tools(database, settings)
+    paused = time.time() - 3 * settings.replica_timeout_seconds
+    try:
+        switcher.service_state.record_replica(ReplicaProgress("a-loaded-worker", 0, 0, paused))
+        assert switcher.wait_followers(1, timeout=0.3) is False  # still behind, still waited for
+        assert switcher._wait_replicas(lambda r: r.generation >= 1, time.monotonic() + 0.3, "generation 1") is True
+        switcher.service_state.record_replica(ReplicaProgress("a-loaded-worker", 0, 1, time.time()))
+        assert switcher.wait_followers(1, timeout=2) is True
+        gone = time.time() - 60
+        switcher.service_state.record_replica(ReplicaProgress("a-loaded-worker", 0, 0, gone))
+        assert switcher.wait_followers(2, timeout=2) is True  # one gone for a minute is not waited for
+    finally:
+        switcher.service_state.forget_replica("a-loaded-worker")
+        database.dispose()
