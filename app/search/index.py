@@ -26,7 +26,7 @@ from app.search.approximate import KINDS, ApproximateIndex, ApproximateSpec
 from app.search.bounds import MAX_ABS_CODE, FloatErrorModel, SearchGeometry
 from app.search.merging import MergePolicy
 from app.search.partition import Balls, Partition, PartitionPlan
-from app.search.reference import METRICS, Match
+from app.search.reference import METRICS, Match, order_matches
 from app.search.refine import Rule, collect
 from app.search.segment import Segment, SegmentView
 from app.search.sources import (
@@ -230,8 +230,11 @@ class SimilarityIndex:
         nq, kq = codes.shape[:2]
         rule = Rule(self.metric, threshold, min_pairs, limit)
         subsets: dict[str, np.ndarray] = {}
+        masked_approximate: set[str] = set()
         if allowed is not None:
             snapshot, subsets = self._restrict(snapshot, _as_ids("allowed", allowed))
+            masked_approximate = {view.segment.name for view in snapshot.views
+                                  if view.segment.approximate is not None and view.segment.name not in subsets}
         if limit == 0 or not snapshot.views or min_pairs > kq * self.samples_per_item:
             return [[] for _ in range(nq)]
         prepared = [PreparedQuery.prepare(codes[i], self._geometry) for i in range(nq)]
@@ -255,9 +258,22 @@ class SimilarityIndex:
                     else:
                         first = first_rounds.get(name)
                         source = self._source(view.segment, query, rule, first[i] if first else None)
+                    if name in masked_approximate:
+                        best = order_matches(best + self._filtered_approximate(view, query, rule, source), rule.limit)
+                        continue
                     best = collect(view, query, rule, source, best)
                 results.append(best)
         return results
+
+    def _filtered_approximate(self, view: SegmentView, query: PreparedQuery, rule: Rule, source) -> list[Match]:
+        """One approximate segment under a filter: its structure proposes the query's neighbourhood
+        before the filter masks it, and a filter that dropped that neighbourhood (another tenant's
+        questions) leaves too few. Then the questions that pass are read instead (exactly)."""
+        own = collect(view, query, rule, source, [])
+        if len(own) < rule.limit and len(own) < view.live_count:
+            rows = np.flatnonzero(view.live)
+            own = collect(view, query, rule, subset_source(view.segment, rows, query, self._geometry, self._errors), [])
+        return own
 
     @staticmethod
     def _restrict(snapshot: Snapshot, allowed: np.ndarray) -> tuple[Snapshot, dict[str, np.ndarray]]:

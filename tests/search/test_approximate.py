@@ -85,7 +85,8 @@ def test_small_segments_of_an_approximate_index_are_searched_exactly():
 def test_a_filter_that_keeps_a_minority_of_an_approximate_segment_finds_every_match_that_passes():
     """Proposed from every question and masked only then, an approximate segment's candidates are a
     query's own neighbourhood: under a filter that drops that neighbourhood (another tenant's
-    questions) none would be left. The questions that pass are read instead."""
+    questions) none would be left. The questions that pass are read instead: at once when the filter
+    keeps under half of the segment, after the structure came back short above that."""
     rng = np.random.default_rng(21)
     centres = rng.normal(0, 4, size=(40, 8))
     cluster = rng.integers(0, 40, 12_000)
@@ -94,10 +95,12 @@ def test_a_filter_that_keeps_a_minority_of_an_approximate_segment_finds_every_ma
     index = SimilarityIndex(8, 4, "l2", "ivf", device="cpu", model_id="m", approximate_min_questions=500, nlist=64,
                             nprobe=2)
     index.add(ids, codes)
-    kept = cluster < 17  # about 5,100 questions: more than a subset, under half of the segment
     queries = (codes[np.flatnonzero(cluster >= 30)[:3]] + rng.normal(0, 0.1, (3, 4, 8))).astype(np.float32)
-    for threshold in (1e6, 60.0):  # ranking, and a radius that reaches the kept clusters
-        found = index.search(queries, threshold=threshold, min_pairs=1, limit=20, allowed=ids[kept])
-        for query, result in zip(queries, found, strict=True):
-            expected = brute_force_search(query, ids[kept], codes[kept], threshold=threshold, min_pairs=1, limit=20)
-            assert result == expected and len(expected) == 20
+    # About 5,100 questions (more than a subset, under half of the segment: read at once), and about
+    # 7,500 (over half: the structure first, the questions that pass when it comes back short).
+    for kept in (cluster < 17, cluster < 25):
+        for threshold in (1e6, 60.0):  # ranking, and a radius that reaches the kept clusters
+            found = index.search(queries, threshold=threshold, min_pairs=1, limit=20, allowed=ids[kept])
+            for query, result in zip(queries, found, strict=True):
+                expected = brute_force_search(query, ids[kept], codes[kept], threshold=threshold, min_pairs=1, limit=20)
+                assert result == expected and len(expected) == 20
