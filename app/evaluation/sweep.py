@@ -13,6 +13,7 @@ float64 rule (and the index, which answers it exactly) puts every pair on the sa
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
@@ -472,7 +473,7 @@ class TopAnswerSweep:
         bound = wilson_lower_bound(self.right_answers, np.maximum(given, 1), z, self.copies)
         return np.where(given > 0, bound, 0.0)
 
-    @property
+    @functools.cached_property
     def out_of_scope_groups(self) -> int:
         """Distinct groups among the out-of-scope queries (0 without groups)."""
         if self.groups is None or self.out_of_scope == 0:
@@ -512,6 +513,13 @@ class TopAnswerSweep:
     def _group_no_match_bound(self, z: float) -> np.ndarray:
         """The share of out-of-scope queries without a match, less z cluster-robust standard errors
         (the ratio estimator's: the groups are the units, each weighted by its queries), per candidate."""
+        share, error = self._group_share_and_error
+        return share - z * error
+
+    @functools.cached_property
+    def _group_share_and_error(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per candidate: the out-of-scope no-match share and its cluster-robust standard error (the
+        same for every z, so computed once)."""
         out = ~self.in_scope
         names, group_of = np.unique(self.groups[out], return_inverse=True)
         sizes = np.bincount(group_of, minlength=len(names)).astype(np.float64)
@@ -527,7 +535,7 @@ class TopAnswerSweep:
         residual = silent - share[:, None] * sizes[None, :]
         count = len(names)
         variance = count / (count - 1) * (residual ** 2).sum(axis=1) / total ** 2
-        return share - z * np.sqrt(variance)
+        return share, np.sqrt(variance)
 
     def best(self, target_precision: float | None, z: float = 0.0, min_no_match: float | None = None) -> TopAnswerPoint | None:
         """The largest answered share whose precision over every answer given (answers to

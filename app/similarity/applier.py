@@ -63,6 +63,7 @@ class ModelChangedDuringRebuild(ConflictError):
 FOLLOWER_LIVENESS_FACTOR = 5
 FOLLOWER_LIVENESS_SECONDS = 10.0
 
+
 class ChangeApplier:
     def __init__(
         self,
