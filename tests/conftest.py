@@ -56,14 +56,18 @@ def tiny_corpus_rows() -> list[dict]:
     return [row for intent in intents for row in per_intent[intent]]
 
 
+def write_corpus(path: Path, rows, columns=("text", "category")) -> Path:
+    """A corpus CSV of `rows` (dicts) with the given columns only."""
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus_file(tiny_corpus_rows, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "tiny.csv"
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["text", "category"])
-        writer.writeheader()
-        writer.writerows(tiny_corpus_rows)
-    return path
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "tiny.csv", tiny_corpus_rows)
 
 
 def require_milvus() -> None:

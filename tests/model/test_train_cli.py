@@ -8,7 +8,7 @@ import pytest
 
 from app.cli import main
 from app.model.config import ModelSettings
-from tests.conftest import tiny_architecture
+from tests.conftest import tiny_architecture, write_corpus
 
 
 def tiny_config(tmp_path, epochs: int):
@@ -36,11 +36,7 @@ def test_a_freshly_trained_model_is_calibrated_on_its_validation_rows(tiny_corpu
 def test_a_model_trained_with_pairs_is_calibrated_on_the_pairs_it_did_not_learn_from(tiny_corpus_rows, tmp_path):
     import csv
 
-    corpus = tmp_path / "unlabelled.csv"
-    with corpus.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text"])
-        writer.writerows([row["text"]] for row in tiny_corpus_rows)
+    corpus = write_corpus(tmp_path / "unlabelled.csv", tiny_corpus_rows, columns=("text",))
     pairs = tmp_path / "pairs.csv"
     texts = [row["text"] for row in tiny_corpus_rows]
     with pairs.open("w", newline="") as handle:

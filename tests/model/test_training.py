@@ -134,14 +134,11 @@ def test_collapse_is_detected_reported_and_stops_training(tiny_corpus_file, tiny
 
 def test_a_corpus_with_one_validation_row_is_not_called_collapsed(tiny_corpus_rows, tiny_settings, tmp_path):
     """One validation mean has no variance: no active units then says nothing about the latent."""
-    import csv
     import warnings
 
-    small = tmp_path / "small.csv"
-    with small.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["text", "category"])
-        writer.writeheader()
-        writer.writerows({"text": row["text"], "category": row["category"]} for row in tiny_corpus_rows[:12])
+    from tests.conftest import write_corpus
+
+    small = write_corpus(tmp_path / "small.csv", tiny_corpus_rows[:12])
     settings = settings_with(tiny_settings, epochs=3, collapse_after_epochs=0.0, kl_schedule="constant", patience=10)
     settings.architecture.latent = "gaussian"
     with warnings.catch_warnings():
