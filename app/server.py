@@ -50,6 +50,7 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=settings.access_log,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+        timeout_keep_alive=settings.keep_alive_seconds,
         proxy_headers=True,
     )
     return 0

@@ -106,6 +106,13 @@ class Settings(BaseSettings):
     )
     shutdown_grace_seconds: float = Field(10.0, ge=0, description="how long shutdown waits for a running reindex")
     access_log: bool = Field(True, description="uvicorn access log lines")
+    keep_alive_seconds: float = Field(
+        75.0,
+        gt=0,
+        description="how long an idle HTTP connection stays open; longer than the clients' and proxies' own idle "
+        "expiry (httpx 5 s, load balancers 60 s), so that the server never closes a connection just as a client "
+        "reuses it",
+    )
 
     # Search micro-batching and back-pressure
     batch_max_size: int = Field(64, ge=1)
