@@ -35,11 +35,8 @@ def _idle_then_request(service: ServiceProcess, idle_seconds: float) -> bytes:
         time.sleep(idle_seconds)
         try:
             connection.sendall(REQUEST)
-        except (BrokenPipeError, ConnectionResetError):
-            return b""
-        try:
             return _response_status(connection)
-        except ConnectionResetError:
+        except (BrokenPipeError, ConnectionResetError):
             return b""
 
 
